@@ -1,0 +1,1 @@
+"""Pure tensor math of the plugin's algorithms; nothing here imports veRL."""

@@ -1,0 +1,301 @@
+"""ESPO tensor math (arXiv 2512.00499, Eqs. 5-10), free of veRL.
+
+Every function works on padded ``(B, T)`` tensors: ``B`` responses, ``T`` response positions, and a
+boolean ``response_mask`` marking the valid tokens. Nothing here loops over rows or tokens in Python.
+
+Reading of the paper (see ``docs/espo.md`` for the full discussion):
+
+* Eq. 6/7, grouping: two groups per response, "high" = the old policy's highest-entropy tokens, "low" =
+  the rest. Per-sequence scope keeps every token whose entropy ties with or exceeds the k-th largest,
+  ``k = max(1, ceil(rho * L))``; batch scope uses one threshold for the whole training step.
+* Eq. 10, group ratio: ``log s_g = mean_{t in g}(log_prob_t - old_log_prob_t)``, the geometric mean of the
+  token ratios of the group (GSPO's ratio restricted to the group).
+* Eq. 9, token ratio: ``gspo_token`` (default) ``log s_t = log_prob_t - sg(log_prob_t) + sg(log s_g)``; or
+  ``literal`` (Eq. 9 as printed) ``log s_t = sg(log s_g) + log_prob_t - old_log_prob_t``. Clamped at 10.
+* Eq. 8, clip: ``eps_g = alpha * mean_{t in g}(H_t) / ln|V|`` per (row, group), or a fixed range.
+* Eq. 5, aggregation: a row's loss is ``sum_g (1/K) (1/n_g) sum_{t in g} l_t`` with
+  ``l_t = max(-A_t s_t, -A_t clip(s_t, 1 - eps, 1 + eps))``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+__all__ = [
+    "LOG_RATIO_CLAMP",
+    "GROUP_NAMES",
+    "ESPOTerms",
+    "high_entropy_count",
+    "sequence_high_entropy_mask",
+    "batch_entropy_threshold",
+    "threshold_high_entropy_mask",
+    "espo_token_terms",
+    "espo_metrics",
+]
+
+#: Upper clamp on the log importance ratio, as in veRL's ``gspo`` loss.
+LOG_RATIO_CLAMP = 10.0
+
+#: Order of the group axis in :class:`ESPOTerms` tensors of shape ``(2, B)``.
+GROUP_NAMES = ("high", "low")
+
+
+def high_entropy_count(rho: float, num_valid: torch.Tensor) -> torch.Tensor:
+    """``k = max(1, ceil(rho * L))``, robust to float noise (``rho=0.2, L=15`` gives 3, not 4).
+
+    ``rho * L`` is computed in float64 and rounded to 9 decimals before the ceiling, so products that are
+    whole numbers in decimal arithmetic stay whole. Rows with ``L = 0`` get ``k = 1`` (they select nothing).
+    """
+    product = (num_valid.to(torch.float64) * float(rho)).round(decimals=9)
+    k = torch.ceil(product).to(torch.long)
+    return torch.maximum(torch.minimum(k, num_valid.to(torch.long)), torch.ones_like(k))
+
+
+def sequence_high_entropy_mask(entropy: torch.Tensor, response_mask: torch.Tensor, rho: float) -> torch.Tensor:
+    """High-entropy group with per-sequence scope (Eq. 7; ``espo.grouping=sequence``).
+
+    In a row with ``L`` valid tokens let ``h`` be the k-th largest entropy, ``k = max(1, ceil(rho * L))``.
+    The high group is every valid token with ``H >= h``: ties with the k-th all join, so a row whose
+    entropies are all equal is a single (high) group.
+    """
+    mask = response_mask.bool()
+    masked = torch.where(mask, entropy.float(), torch.full_like(entropy, -math.inf, dtype=torch.float32))
+    sorted_desc = torch.sort(masked, dim=-1, descending=True).values
+    k = high_entropy_count(rho, mask.sum(dim=-1))
+    kth = sorted_desc.gather(-1, (k - 1).unsqueeze(-1))
+    return mask & (masked >= kth)
+
+
+def batch_entropy_threshold(entropy: torch.Tensor, response_mask: torch.Tensor, rho: float) -> float:
+    """The ``ceil(rho * N)``-th largest entropy among the ``N`` valid tokens (``espo.grouping=batch``).
+
+    Computed once per training step by the trainer, over the whole step's batch, so that every micro-batch
+    and data-parallel rank uses the same threshold. Returns ``inf`` when there is no valid token.
+    """
+    values = entropy.float()[response_mask.bool()]
+    n = values.numel()
+    if n == 0:
+        return math.inf
+    k = int(high_entropy_count(rho, torch.tensor(n)).item())
+    return float(torch.topk(values, k, sorted=False).values.min().item())
+
+
+def threshold_high_entropy_mask(
+    entropy: torch.Tensor, response_mask: torch.Tensor, threshold: float | torch.Tensor
+) -> torch.Tensor:
+    """High-entropy group of a step-level threshold: every valid token with ``H >= threshold``."""
+    return response_mask.bool() & (entropy.float() >= threshold)
+
+
+@dataclass
+class ESPOTerms:
+    """Per-token terms of the ESPO objective and the statistics its metrics are made of.
+
+    Attributes:
+        pg_losses: ``(B, T)`` per-token loss ``l_t`` (Eq. 5 integrand, negated), zero at invalid tokens;
+            carries the gradient.
+        group_weights: ``(B, T)`` ``1 / (K_row * n_g(t))`` at valid tokens, zero elsewhere (Eq. 5 weights).
+        group_masks: ``(2, B, T)`` bool, the high and low groups (order of :data:`GROUP_NAMES`).
+        group_sizes: ``(2, B)`` tokens per (group, row).
+        group_log_ratio: ``(2, B)`` detached ``log s_g`` per (group, row), zero for empty groups.
+        group_entropy: ``(2, B)`` mean old entropy per (group, row), zero for empty groups.
+        eps_low, eps_high: ``(2, B)`` clip half-widths per (group, row).
+        clipped_upper, clipped_lower: ``(B, T)`` bool, tokens whose clipped branch is active at the
+            upper (``s > 1 + eps``) or lower (``s < 1 - eps``) bound.
+        ratio_clamped: ``(B, T)`` bool, tokens whose log-ratio hit :data:`LOG_RATIO_CLAMP`.
+        neg_log_ratio: ``(B, T)`` detached ``old_log_prob - log_prob`` at valid tokens (for ``ppo_kl``).
+    """
+
+    pg_losses: torch.Tensor
+    group_weights: torch.Tensor
+    group_masks: torch.Tensor
+    group_sizes: torch.Tensor
+    group_log_ratio: torch.Tensor
+    group_entropy: torch.Tensor
+    eps_low: torch.Tensor
+    eps_high: torch.Tensor
+    clipped_upper: torch.Tensor
+    clipped_lower: torch.Tensor
+    ratio_clamped: torch.Tensor
+    neg_log_ratio: torch.Tensor
+    response_mask: torch.Tensor
+
+
+def _per_token(group_values: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+    """Broadcast ``(2, B)`` per-(group, row) values to ``(B, T)`` tokens."""
+    return torch.where(high, group_values[0].unsqueeze(-1), group_values[1].unsqueeze(-1))
+
+
+def espo_token_terms(
+    log_prob: torch.Tensor,
+    old_log_prob: torch.Tensor,
+    advantages: torch.Tensor,
+    response_mask: torch.Tensor,
+    old_entropy: torch.Tensor,
+    high_mask: torch.Tensor,
+    *,
+    ratio: str = "gspo_token",
+    clip: str = "adaptive",
+    alpha: float = 0.02,
+    vocab_size: int | None = None,
+    clip_ratio_low: float | None = None,
+    clip_ratio_high: float | None = None,
+    rollout_is_weights: torch.Tensor | None = None,
+) -> ESPOTerms:
+    """Per-token ESPO terms for one (micro-)batch, given the high-entropy group ``high_mask``.
+
+    Args:
+        log_prob: ``(B, T)`` current log-probabilities (with gradient); bf16 is computed in float32.
+        old_log_prob: ``(B, T)`` old-policy log-probabilities.
+        advantages: ``(B, T)`` advantages (GRPO's outcome advantage broadcast to tokens, Eq. 11).
+        response_mask: ``(B, T)`` valid-token mask.
+        old_entropy: ``(B, T)`` old-policy entropy (Eq. 6); only used for ``clip="adaptive"``.
+        high_mask: ``(B, T)`` bool, the high-entropy group (see the ``*_high_entropy_mask`` functions).
+        ratio: ``"gspo_token"`` or ``"literal"`` (Eq. 9 readings).
+        clip: ``"adaptive"`` (Eq. 8) or ``"fixed"`` (``[1 - clip_ratio_low, 1 + clip_ratio_high]``).
+        alpha: Eq. 8 scale.
+        vocab_size: ``|V|`` of Eq. 8, the model's logits dimension.
+        rollout_is_weights: optional ``(B, T)`` multiplicative per-token weights (veRL rollout correction).
+    """
+    if ratio not in ("gspo_token", "literal"):
+        raise ValueError(f"espo ratio must be 'gspo_token' or 'literal', got {ratio!r}")
+    if clip not in ("adaptive", "fixed"):
+        raise ValueError(f"espo clip must be 'adaptive' or 'fixed', got {clip!r}")
+
+    mask = response_mask.bool()
+    zero = torch.zeros((), dtype=torch.float32, device=log_prob.device)
+    # Sanitise padding first: the "double where" keeps gradients finite even if padded entries hold inf/NaN.
+    lp = torch.where(mask, log_prob.float(), zero)
+    old_lp = torch.where(mask, old_log_prob.float(), zero)
+    adv = torch.where(mask, advantages.float(), zero)
+    ent = torch.where(mask, old_entropy.float(), zero)
+
+    high = high_mask.bool() & mask
+    group_masks = torch.stack([high, mask & ~high])  # (2, B, T)
+    group_sizes = group_masks.sum(dim=-1)  # (2, B)
+    denom = group_sizes.clamp(min=1).to(torch.float32)
+
+    with torch.no_grad():
+        delta = lp - old_lp
+        group_log_ratio = torch.where(group_masks, delta, zero).sum(dim=-1) / denom  # Eq. 10, (2, B)
+        group_entropy = torch.where(group_masks, ent, zero).sum(dim=-1) / denom
+        if clip == "adaptive":
+            if vocab_size is None or vocab_size < 2:
+                raise ValueError(f"espo clip='adaptive' needs the vocabulary size |V| >= 2, got {vocab_size!r}")
+            eps_low = eps_high = alpha * group_entropy / math.log(vocab_size)  # Eq. 8
+        else:
+            if clip_ratio_low is None or clip_ratio_high is None:
+                raise ValueError("espo clip='fixed' needs clip_ratio_low and clip_ratio_high")
+            eps_low = torch.full_like(group_entropy, float(clip_ratio_low))
+            eps_high = torch.full_like(group_entropy, float(clip_ratio_high))
+        group_lr_tok = _per_token(group_log_ratio, high)
+        lower = 1.0 - _per_token(eps_low, high)
+        upper = 1.0 + _per_token(eps_high, high)
+
+    if ratio == "gspo_token":
+        log_s = lp - lp.detach() + group_lr_tok  # value: group ratio; gradient: through the token
+    else:
+        log_s = group_lr_tok + (lp - old_lp)  # Eq. 9 as printed
+    clamped = log_s.detach() > LOG_RATIO_CLAMP
+    s = torch.exp(torch.clamp(log_s, max=LOG_RATIO_CLAMP))
+
+    unclipped = -adv * s
+    clipped = -adv * torch.clamp(s, min=lower, max=upper)
+    pg_losses = torch.maximum(unclipped, clipped)
+    if rollout_is_weights is not None:
+        pg_losses = pg_losses * torch.where(mask, rollout_is_weights.float(), zero)
+    pg_losses = torch.where(mask, pg_losses, zero)
+
+    with torch.no_grad():
+        clip_active = (clipped > unclipped) & mask
+        s_det = s.detach()
+        num_groups = (group_sizes > 0).sum(dim=0).clamp(min=1).to(torch.float32)  # K per row
+        weights = torch.where(mask, 1.0 / (num_groups.unsqueeze(-1) * _per_token(denom, high)), zero)
+
+    return ESPOTerms(
+        pg_losses=pg_losses,
+        group_weights=weights,
+        group_masks=group_masks,
+        group_sizes=group_sizes,
+        group_log_ratio=group_log_ratio,
+        group_entropy=group_entropy,
+        eps_low=eps_low,
+        eps_high=eps_high,
+        clipped_upper=clip_active & (s_det > upper),
+        clipped_lower=clip_active & (s_det < lower),
+        ratio_clamped=clamped & mask,
+        neg_log_ratio=-delta,
+        response_mask=mask,
+    )
+
+
+def espo_metrics(terms: ESPOTerms, prefix: str = "actor/espo/") -> dict[str, float]:
+    """Diagnostics of one (micro-)batch, read off :class:`ESPOTerms` with a single device sync.
+
+    Per group ``g`` in ``high``/``low``: ``{g}/token_frac`` (share of valid tokens), ``{g}/group_size_mean``
+    (tokens per non-empty group), ``{g}/clipfrac_upper`` / ``{g}/clipfrac_lower`` (share of the group's
+    tokens clipped at each bound), ``{g}/eps_mean`` (mean clip half-width over non-empty groups, the upper
+    one for asymmetric fixed ranges), ``{g}/entropy_mean``, ``{g}/log_ratio_abs_mean`` and
+    ``{g}/log_ratio_abs_max`` (``|log s_g|``). Overall: ``num_groups_mean`` (K per non-empty row),
+    ``grad_utilization`` (share of valid tokens whose gradient is neither clipped away nor clamped),
+    ``pg_clipfrac`` and ``ppo_kl``.
+    """
+    with torch.no_grad():
+        mask = terms.response_mask
+        n_valid = mask.sum().clamp(min=1).float()
+        present = terms.group_sizes > 0  # (2, B)
+        n_present = present.sum(dim=-1).clamp(min=1).float()  # (2,)
+        tokens = terms.group_sizes.sum(dim=-1).float()  # (2,)
+        tokens_c = tokens.clamp(min=1)
+        gm = terms.group_masks
+        upper = (gm & terms.clipped_upper).flatten(1).sum(-1).float() / tokens_c
+        lower = (gm & terms.clipped_lower).flatten(1).sum(-1).float() / tokens_c
+        abs_lr = terms.group_log_ratio.abs()
+        zero = torch.zeros((), device=abs_lr.device)
+        per_group = torch.stack(
+            [
+                tokens / n_valid,
+                tokens / n_present,
+                upper,
+                lower,
+                torch.where(present, terms.eps_high, zero).sum(-1) / n_present,
+                torch.where(present, terms.group_entropy, zero).sum(-1) / n_present,
+                torch.where(present, abs_lr, zero).sum(-1) / n_present,
+                torch.where(present, abs_lr, zero).amax(-1),
+            ]
+        )  # (8, 2)
+        rows = present.any(dim=0)
+        clip_any = terms.clipped_upper | terms.clipped_lower
+        overall = torch.stack(
+            [
+                present.sum(dim=0)[rows].float().sum() / rows.sum().clamp(min=1),
+                1.0 - (clip_any | terms.ratio_clamped).sum().float() / n_valid,
+                clip_any.sum().float() / n_valid,
+                torch.where(mask, terms.neg_log_ratio, zero).sum() / n_valid,
+            ]
+        )
+        values = torch.cat([per_group.flatten(), overall]).tolist()
+
+    names = [
+        "token_frac",
+        "group_size_mean",
+        "clipfrac_upper",
+        "clipfrac_lower",
+        "eps_mean",
+        "entropy_mean",
+        "log_ratio_abs_mean",
+        "log_ratio_abs_max",
+    ]
+    metrics: dict[str, float] = {}
+    for i, name in enumerate(names):
+        for j, group in enumerate(GROUP_NAMES):
+            metrics[f"{prefix}{group}/{name}"] = values[i * 2 + j]
+    tail = values[len(names) * 2 :]
+    metrics[f"{prefix}num_groups_mean"] = tail[0]
+    metrics[f"{prefix}grad_utilization"] = tail[1]
+    metrics["actor/pg_clipfrac"] = tail[2]
+    metrics["actor/ppo_kl"] = tail[3]
+    return metrics

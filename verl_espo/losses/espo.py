@@ -1,0 +1,156 @@
+"""The ``espo`` policy loss registered in veRL's policy-loss registry (arXiv 2512.00499).
+
+This module is veRL plumbing only: it reads ``config.policy_loss.espo``, picks the high-entropy group,
+calls the tensor math in :mod:`verl_espo.core.espo` and aggregates with veRL's ``agg_loss`` and
+``global_batch_info`` (so the loss does not change when a mini-batch is split into micro-batches or
+across data-parallel ranks).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+from verl.trainer.ppo.core_algos import agg_loss, register_policy_loss
+from verl.workers.config import ActorConfig
+
+from verl_espo.config.loss import ESPO_KEY_PREFIX, ESPOConfig
+from verl_espo.core.espo import (
+    espo_metrics,
+    espo_token_terms,
+    sequence_high_entropy_mask,
+    threshold_high_entropy_mask,
+)
+from verl_espo.losses.extras import current_extras
+
+__all__ = ["compute_policy_loss_espo", "MissingOldEntropyError", "resolve_vocab_size"]
+
+MISSING_ENTROPY_HELP = (
+    "ESPO groups tokens by the old policy's entropy, but no `old_entropy` reached the loss. Train with the "
+    "plugin's trainer, `trainer.v1.trainer_mode=espo_sync` (the default of `--config-path=pkg://verl_espo.config "
+    "--config-name=espo_trainer`), which installs the entropy-aware actor loss. The old entropy is computed "
+    "in veRL's V1 old-log-prob pass; `algorithm.rollout_correction.bypass_mode=true` skips that pass and "
+    "the legacy trainer (`trainer.use_v1=false`) drops the entropy, so neither can run ESPO. When calling "
+    "the loss directly, pass `old_entropy=` (shape (batch, response_length))."
+)
+
+
+class MissingOldEntropyError(RuntimeError):
+    """The loss was called without the old policy's per-token entropy."""
+
+
+def _espo_params(config: Optional[ActorConfig]) -> ESPOConfig:
+    if config is None:
+        raise ValueError("the espo policy loss needs the actor config (`config=`)")
+    params = config.policy_loss.get("espo", None) if config.policy_loss is not None else None
+    if not isinstance(params, ESPOConfig):
+        raise ValueError(
+            "loss_mode=espo needs `actor_rollout_ref.actor.policy_loss._target_=verl_espo.config.ESPOPolicyLossConfig` "
+            "(set by the plugin's configs, `--config-path=pkg://verl_espo.config --config-name=espo_trainer`); "
+            f"got policy_loss of type {type(config.policy_loss).__name__} without an ESPOConfig `espo` block"
+        )
+    return params
+
+
+def resolve_vocab_size(config: ActorConfig, params: ESPOConfig) -> int:
+    """``|V|`` of Eq. 8: ``espo.vocab_size`` if set, else the actor model's ``config.vocab_size``."""
+    if params.vocab_size is not None:
+        return params.vocab_size
+    hf_config = getattr(config.get("model_config", None), "hf_config", None)
+    vocab = getattr(hf_config, "vocab_size", None)
+    if vocab is None:
+        vocab = getattr(getattr(hf_config, "text_config", None), "vocab_size", None)
+    if vocab is None:
+        raise ValueError(
+            f"{ESPO_KEY_PREFIX}.vocab_size is unset and the actor config carries no model config to read it from; "
+            "set it to the model's logits size (e.g. 151936 for Qwen3)"
+        )
+    return int(vocab)
+
+
+@register_policy_loss("espo")  # type: ignore[arg-type]
+def compute_policy_loss_espo(
+    old_log_prob: torch.Tensor,
+    log_prob: torch.Tensor,
+    advantages: torch.Tensor,
+    response_mask: torch.Tensor,
+    loss_agg_mode: str = "token-mean",
+    config: Optional[ActorConfig] = None,
+    rollout_is_weights: torch.Tensor | None = None,
+    *,
+    old_entropy: torch.Tensor | None = None,
+    entropy_threshold: float | None = None,
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """ESPO policy loss (Eqs. 5-10) with veRL's ``PolicyLossFn`` signature.
+
+    Args:
+        old_log_prob, log_prob, advantages, response_mask: ``(B, T)`` padded tensors, as for veRL's losses.
+        loss_agg_mode: the actor's ``loss_agg_mode``; used only with ``espo.aggregation=actor``.
+        config: the actor config whose ``policy_loss`` is an
+            :class:`~verl_espo.config.ESPOPolicyLossConfig`; aggregation uses ``config.global_batch_info``.
+        rollout_is_weights: optional ``(B, T)`` rollout-correction weights multiplying the token losses.
+        old_entropy: ``(B, T)`` old-policy entropy. When omitted, taken from the plugin's actor loss
+            (:mod:`verl_espo.losses.extras`); an error if neither provides it.
+        entropy_threshold: the step-level threshold for ``espo.grouping=batch`` (from the trainer when
+            omitted).
+
+    Returns:
+        ``(loss, metrics)``: the scalar loss and ``actor/espo/*``, ``actor/pg_clipfrac``, ``actor/ppo_kl``,
+        ``actor/pg_clipfrac_lower`` (always 0: ESPO has no dual clip).
+    """
+    params = _espo_params(config)
+    extras = current_extras()
+    if old_entropy is None:
+        old_entropy = extras.get("old_entropy")
+    if old_entropy is None:
+        raise MissingOldEntropyError(MISSING_ENTROPY_HELP)
+    if old_entropy.shape != log_prob.shape:
+        raise ValueError(f"old_entropy has shape {tuple(old_entropy.shape)}, expected {tuple(log_prob.shape)}")
+
+    metrics: dict[str, Any] = {}
+    if params.grouping == "sequence":
+        high = sequence_high_entropy_mask(old_entropy, response_mask, params.high_entropy_ratio)
+    else:
+        if entropy_threshold is None:
+            entropy_threshold = extras.get("entropy_threshold")
+        if entropy_threshold is None:
+            raise ValueError(
+                f"{ESPO_KEY_PREFIX}.grouping=batch needs the step-level entropy threshold that the espo_sync "
+                "trainer computes once per step (`trainer.v1.trainer_mode=espo_sync`); none reached the loss"
+            )
+        high = threshold_high_entropy_mask(old_entropy, response_mask, float(entropy_threshold))
+        metrics["actor/espo/entropy_threshold"] = float(entropy_threshold)
+
+    terms = espo_token_terms(
+        log_prob,
+        old_log_prob,
+        advantages,
+        response_mask,
+        old_entropy,
+        high,
+        ratio=params.ratio,
+        clip=params.clip,
+        alpha=params.alpha,
+        vocab_size=resolve_vocab_size(config, params) if params.clip == "adaptive" else None,
+        clip_ratio_low=config.clip_ratio_low if config.clip_ratio_low is not None else config.clip_ratio,
+        clip_ratio_high=config.clip_ratio_high if config.clip_ratio_high is not None else config.clip_ratio,
+        rollout_is_weights=rollout_is_weights,
+    )
+
+    mask = response_mask.bool()
+    if params.aggregation == "paper":
+        # Eq. 5: row value sum_g (1/K)(1/n_g) sum_t l_t; rows combined like seq-mean-token-sum.
+        loss = agg_loss(
+            loss_mat=terms.pg_losses * terms.group_weights,
+            loss_mask=mask,
+            loss_agg_mode="seq-mean-token-sum",
+            **config.global_batch_info,
+        )
+    else:
+        loss = agg_loss(
+            loss_mat=terms.pg_losses, loss_mask=mask, loss_agg_mode=loss_agg_mode, **config.global_batch_info
+        )
+
+    metrics.update(espo_metrics(terms))
+    metrics["actor/pg_clipfrac_lower"] = 0.0
+    return loss, metrics

@@ -1,0 +1,1 @@
+"""Worker-side pieces: the actor loss installed in veRL's actor workers."""
