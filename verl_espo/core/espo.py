@@ -43,6 +43,11 @@ LOG_RATIO_CLAMP = 10.0
 GROUP_NAMES = ("high", "low")
 
 
+def _compute_dtype(tensor: torch.Tensor) -> torch.dtype:
+    """float64 stays float64 (for exact reference tests); everything else is computed in float32."""
+    return torch.float64 if tensor.dtype == torch.float64 else torch.float32
+
+
 def high_entropy_count(rho: float, num_valid: torch.Tensor) -> torch.Tensor:
     """``k = max(1, ceil(rho * L))``, robust to float noise (``rho=0.2, L=15`` gives 3, not 4).
 
@@ -60,13 +65,25 @@ def sequence_high_entropy_mask(entropy: torch.Tensor, response_mask: torch.Tenso
     In a row with ``L`` valid tokens let ``h`` be the k-th largest entropy, ``k = max(1, ceil(rho * L))``.
     The high group is every valid token with ``H >= h``: ties with the k-th all join, so a row whose
     entropies are all equal is a single (high) group.
+
+    ``h`` comes from one ``topk`` over the batch, from whichever end of the rows is shorter (the k-th
+    largest is the ``(L - k + 1)``-th smallest), which is far cheaper than sorting whole rows.
     """
     mask = response_mask.bool()
-    masked = torch.where(mask, entropy.float(), torch.full_like(entropy, -math.inf, dtype=torch.float32))
-    sorted_desc = torch.sort(masked, dim=-1, descending=True).values
-    k = high_entropy_count(rho, mask.sum(dim=-1))
-    kth = sorted_desc.gather(-1, (k - 1).unsqueeze(-1))
-    return mask & (masked >= kth)
+    if rho >= 1.0:
+        return mask.clone()  # k = L: every valid token ties with or exceeds the smallest
+    values = entropy.to(_compute_dtype(entropy))
+    num_valid = mask.sum(dim=-1)
+    k = high_entropy_count(rho, num_valid)
+    k_small = (num_valid - k + 1).clamp(min=1)
+    k_max, k_small_max = torch.stack([k.max(), k_small.max()]).tolist() if mask.numel() else (1, 1)
+    if k_max <= k_small_max:
+        top = torch.topk(values.masked_fill(~mask, -math.inf), int(k_max), dim=-1, largest=True, sorted=True).values
+        kth = top.gather(-1, (k - 1).unsqueeze(-1))
+    else:
+        low = torch.topk(values.masked_fill(~mask, math.inf), int(k_small_max), dim=-1, largest=False, sorted=True)
+        kth = low.values.gather(-1, (k_small - 1).unsqueeze(-1))
+    return mask & (values >= kth)
 
 
 def batch_entropy_threshold(entropy: torch.Tensor, response_mask: torch.Tensor, rho: float) -> float:
@@ -75,7 +92,7 @@ def batch_entropy_threshold(entropy: torch.Tensor, response_mask: torch.Tensor, 
     Computed once per training step by the trainer, over the whole step's batch, so that every micro-batch
     and data-parallel rank uses the same threshold. Returns ``inf`` when there is no valid token.
     """
-    values = entropy.float()[response_mask.bool()]
+    values = entropy.to(_compute_dtype(entropy))[response_mask.bool()]
     n = values.numel()
     if n == 0:
         return math.inf
@@ -87,41 +104,50 @@ def threshold_high_entropy_mask(
     entropy: torch.Tensor, response_mask: torch.Tensor, threshold: float | torch.Tensor
 ) -> torch.Tensor:
     """High-entropy group of a step-level threshold: every valid token with ``H >= threshold``."""
-    return response_mask.bool() & (entropy.float() >= threshold)
+    return response_mask.bool() & (entropy.to(_compute_dtype(entropy)) >= threshold)
 
 
 @dataclass
 class ESPOTerms:
     """Per-token terms of the ESPO objective and the statistics its metrics are made of.
 
+    Group axes of size 2 follow :data:`GROUP_NAMES` (high, low).
+
     Attributes:
         pg_losses: ``(B, T)`` per-token loss ``l_t`` (Eq. 5 integrand, negated), zero at invalid tokens;
             carries the gradient.
         group_weights: ``(B, T)`` ``1 / (K_row * n_g(t))`` at valid tokens, zero elsewhere (Eq. 5 weights).
-        group_masks: ``(2, B, T)`` bool, the high and low groups (order of :data:`GROUP_NAMES`).
+        high_mask: ``(B, T)`` bool, the high-entropy group (valid tokens only).
         group_sizes: ``(2, B)`` tokens per (group, row).
         group_log_ratio: ``(2, B)`` detached ``log s_g`` per (group, row), zero for empty groups.
         group_entropy: ``(2, B)`` mean old entropy per (group, row), zero for empty groups.
         eps_low, eps_high: ``(2, B)`` clip half-widths per (group, row).
-        clipped_upper, clipped_lower: ``(B, T)`` bool, tokens whose clipped branch is active at the
-            upper (``s > 1 + eps``) or lower (``s < 1 - eps``) bound.
-        ratio_clamped: ``(B, T)`` bool, tokens whose log-ratio hit :data:`LOG_RATIO_CLAMP`.
-        neg_log_ratio: ``(B, T)`` detached ``old_log_prob - log_prob`` at valid tokens (for ``ppo_kl``).
+        clip_counts: ``(2, 2)`` tokens clipped, ``[group][upper, lower]``: the clipped branch of the PPO
+            ``max`` is active because ``A > 0, s > 1 + eps`` (upper) or ``A < 0, s < 1 - eps`` (lower).
+        lost_gradient_count: tokens whose gradient is clipped away or cut by the log-ratio clamp.
+        neg_log_ratio_sum: sum of ``old_log_prob - log_prob`` over valid tokens (for ``ppo_kl``).
+        num_valid: number of valid tokens.
     """
 
     pg_losses: torch.Tensor
     group_weights: torch.Tensor
-    group_masks: torch.Tensor
+    high_mask: torch.Tensor
     group_sizes: torch.Tensor
     group_log_ratio: torch.Tensor
     group_entropy: torch.Tensor
     eps_low: torch.Tensor
     eps_high: torch.Tensor
-    clipped_upper: torch.Tensor
-    clipped_lower: torch.Tensor
-    ratio_clamped: torch.Tensor
-    neg_log_ratio: torch.Tensor
-    response_mask: torch.Tensor
+    clip_counts: torch.Tensor
+    lost_gradient_count: torch.Tensor
+    neg_log_ratio_sum: torch.Tensor
+    num_valid: torch.Tensor
+
+
+def _group_means(values: torch.Tensor, high: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
+    """``(2, B)`` means of ``values`` (zero at invalid tokens) over the high and low group of each row."""
+    total = values.sum(dim=-1)
+    high_sum = (values * high).sum(dim=-1)
+    return torch.stack([high_sum, total - high_sum]) / sizes.clamp(min=1)
 
 
 def _per_token(group_values: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
@@ -164,71 +190,72 @@ def espo_token_terms(
         raise ValueError(f"espo ratio must be 'gspo_token' or 'literal', got {ratio!r}")
     if clip not in ("adaptive", "fixed"):
         raise ValueError(f"espo clip must be 'adaptive' or 'fixed', got {clip!r}")
+    if clip == "adaptive" and (vocab_size is None or vocab_size < 2):
+        raise ValueError(f"espo clip='adaptive' needs the vocabulary size |V| >= 2, got {vocab_size!r}")
+    if clip == "fixed" and (clip_ratio_low is None or clip_ratio_high is None):
+        raise ValueError("espo clip='fixed' needs clip_ratio_low and clip_ratio_high")
 
     mask = response_mask.bool()
-    zero = torch.zeros((), dtype=torch.float32, device=log_prob.device)
-    # Sanitise padding first: the "double where" keeps gradients finite even if padded entries hold inf/NaN.
-    lp = torch.where(mask, log_prob.float(), zero)
-    old_lp = torch.where(mask, old_log_prob.float(), zero)
-    adv = torch.where(mask, advantages.float(), zero)
-    ent = torch.where(mask, old_entropy.float(), zero)
-
+    dtype = _compute_dtype(log_prob)  # bf16/fp16 inputs are computed in float32
+    zero = torch.zeros((), dtype=dtype, device=log_prob.device)
+    # Padding is zeroed first ("double where"): padded inf/NaN can reach neither the loss nor the gradient,
+    # and every later per-token term is exactly zero at padding because the advantage is.
+    lp = torch.where(mask, log_prob.to(dtype), zero)
+    old_lp = torch.where(mask, old_log_prob.to(dtype), zero)
+    adv = torch.where(mask, advantages.to(dtype), zero)
     high = high_mask.bool() & mask
-    group_masks = torch.stack([high, mask & ~high])  # (2, B, T)
-    group_sizes = group_masks.sum(dim=-1)  # (2, B)
-    denom = group_sizes.clamp(min=1).to(torch.float32)
 
     with torch.no_grad():
-        delta = lp - old_lp
-        group_log_ratio = torch.where(group_masks, delta, zero).sum(dim=-1) / denom  # Eq. 10, (2, B)
-        group_entropy = torch.where(group_masks, ent, zero).sum(dim=-1) / denom
+        highf = high.to(dtype)
+        n_valid = mask.sum(dim=-1)
+        n_high = high.sum(dim=-1)
+        group_sizes = torch.stack([n_high, n_valid - n_high])  # (2, B)
+        delta = lp.detach() - old_lp
+        group_log_ratio = _group_means(delta, highf, group_sizes)  # Eq. 10
+        group_entropy = _group_means(torch.where(mask, old_entropy.to(dtype), zero), highf, group_sizes)
         if clip == "adaptive":
-            if vocab_size is None or vocab_size < 2:
-                raise ValueError(f"espo clip='adaptive' needs the vocabulary size |V| >= 2, got {vocab_size!r}")
             eps_low = eps_high = alpha * group_entropy / math.log(vocab_size)  # Eq. 8
+            lower = 1.0 - _per_token(eps_low, high)
+            upper = 1.0 + _per_token(eps_high, high)
         else:
-            if clip_ratio_low is None or clip_ratio_high is None:
-                raise ValueError("espo clip='fixed' needs clip_ratio_low and clip_ratio_high")
             eps_low = torch.full_like(group_entropy, float(clip_ratio_low))
             eps_high = torch.full_like(group_entropy, float(clip_ratio_high))
+            lower, upper = 1.0 - float(clip_ratio_low), 1.0 + float(clip_ratio_high)
         group_lr_tok = _per_token(group_log_ratio, high)
-        lower = 1.0 - _per_token(eps_low, high)
-        upper = 1.0 + _per_token(eps_high, high)
+        num_groups = (group_sizes > 0).sum(dim=0).clamp(min=1).to(dtype)  # K per row
+        group_weight = 1.0 / (num_groups * group_sizes.clamp(min=1).to(dtype))  # (2, B): 1 / (K n_g)
+        weights = torch.where(mask, _per_token(group_weight, high), zero)
 
     if ratio == "gspo_token":
-        log_s = lp - lp.detach() + group_lr_tok  # value: group ratio; gradient: through the token
+        log_s = lp - lp.detach() + group_lr_tok  # value: the group ratio; gradient: through the token
     else:
         log_s = group_lr_tok + (lp - old_lp)  # Eq. 9 as printed
-    clamped = log_s.detach() > LOG_RATIO_CLAMP
     s = torch.exp(torch.clamp(log_s, max=LOG_RATIO_CLAMP))
-
-    unclipped = -adv * s
-    clipped = -adv * torch.clamp(s, min=lower, max=upper)
-    pg_losses = torch.maximum(unclipped, clipped)
+    pg_losses = torch.maximum(-adv * s, -adv * torch.clamp(s, min=lower, max=upper))
     if rollout_is_weights is not None:
-        pg_losses = pg_losses * torch.where(mask, rollout_is_weights.float(), zero)
-    pg_losses = torch.where(mask, pg_losses, zero)
+        pg_losses = pg_losses * torch.where(mask, rollout_is_weights.to(dtype), zero)
 
     with torch.no_grad():
-        clip_active = (clipped > unclipped) & mask
         s_det = s.detach()
-        num_groups = (group_sizes > 0).sum(dim=0).clamp(min=1).to(torch.float32)  # K per row
-        weights = torch.where(mask, 1.0 / (num_groups.unsqueeze(-1) * _per_token(denom, high)), zero)
+        clipped = torch.stack([(adv > 0) & (s_det > upper), (adv < 0) & (s_det < lower)])  # (2: upper/lower, B, T)
+        clip_total = clipped.flatten(1).sum(dim=-1)
+        clip_high = (clipped & high).flatten(1).sum(dim=-1)
+        clip_counts = torch.stack([clip_high, clip_total - clip_high])  # (2 groups, 2 bounds)
+        lost = (clipped.any(dim=0) | ((log_s.detach() > LOG_RATIO_CLAMP) & mask)).sum()
 
     return ESPOTerms(
         pg_losses=pg_losses,
         group_weights=weights,
-        group_masks=group_masks,
+        high_mask=high,
         group_sizes=group_sizes,
         group_log_ratio=group_log_ratio,
         group_entropy=group_entropy,
         eps_low=eps_low,
         eps_high=eps_high,
-        clipped_upper=clip_active & (s_det > upper),
-        clipped_lower=clip_active & (s_det < lower),
-        ratio_clamped=clamped & mask,
-        neg_log_ratio=-delta,
-        response_mask=mask,
+        clip_counts=clip_counts,
+        lost_gradient_count=lost,
+        neg_log_ratio_sum=-delta.sum(),
+        num_valid=n_valid.sum(),
     )
 
 
@@ -241,40 +268,39 @@ def espo_metrics(terms: ESPOTerms, prefix: str = "actor/espo/") -> dict[str, flo
     one for asymmetric fixed ranges), ``{g}/entropy_mean``, ``{g}/log_ratio_abs_mean`` and
     ``{g}/log_ratio_abs_max`` (``|log s_g|``). Overall: ``num_groups_mean`` (K per non-empty row),
     ``grad_utilization`` (share of valid tokens whose gradient is neither clipped away nor clamped),
-    ``pg_clipfrac`` and ``ppo_kl``.
+    ``actor/pg_clipfrac`` and ``actor/ppo_kl`` (veRL's names).
     """
     with torch.no_grad():
-        mask = terms.response_mask
-        n_valid = mask.sum().clamp(min=1).float()
+        n_valid = terms.num_valid.clamp(min=1).float()
         present = terms.group_sizes > 0  # (2, B)
         n_present = present.sum(dim=-1).clamp(min=1).float()  # (2,)
         tokens = terms.group_sizes.sum(dim=-1).float()  # (2,)
-        tokens_c = tokens.clamp(min=1)
-        gm = terms.group_masks
-        upper = (gm & terms.clipped_upper).flatten(1).sum(-1).float() / tokens_c
-        lower = (gm & terms.clipped_lower).flatten(1).sum(-1).float() / tokens_c
-        abs_lr = terms.group_log_ratio.abs()
+        clip_frac = terms.clip_counts.float() / tokens.clamp(min=1).unsqueeze(-1)  # (2 groups, 2 bounds)
+        abs_lr = terms.group_log_ratio.abs().float()
         zero = torch.zeros((), device=abs_lr.device)
+
+        def present_mean(x: torch.Tensor) -> torch.Tensor:
+            return torch.where(present, x.float(), zero).sum(dim=-1) / n_present
+
         per_group = torch.stack(
             [
                 tokens / n_valid,
                 tokens / n_present,
-                upper,
-                lower,
-                torch.where(present, terms.eps_high, zero).sum(-1) / n_present,
-                torch.where(present, terms.group_entropy, zero).sum(-1) / n_present,
-                torch.where(present, abs_lr, zero).sum(-1) / n_present,
-                torch.where(present, abs_lr, zero).amax(-1),
+                clip_frac[:, 0],
+                clip_frac[:, 1],
+                present_mean(terms.eps_high),
+                present_mean(terms.group_entropy),
+                present_mean(abs_lr),
+                torch.where(present, abs_lr, zero).amax(dim=-1),
             ]
         )  # (8, 2)
         rows = present.any(dim=0)
-        clip_any = terms.clipped_upper | terms.clipped_lower
         overall = torch.stack(
             [
-                present.sum(dim=0)[rows].float().sum() / rows.sum().clamp(min=1),
-                1.0 - (clip_any | terms.ratio_clamped).sum().float() / n_valid,
-                clip_any.sum().float() / n_valid,
-                torch.where(mask, terms.neg_log_ratio, zero).sum() / n_valid,
+                present.sum(dim=0).float().sum() / rows.sum().clamp(min=1),
+                1.0 - terms.lost_gradient_count.float() / n_valid,
+                terms.clip_counts.sum().float() / n_valid,
+                terms.neg_log_ratio_sum.float() / n_valid,
             ]
         )
         values = torch.cat([per_group.flatten(), overall]).tolist()

@@ -15,7 +15,6 @@ It behaves exactly like veRL's ``sync`` trainer, plus:
 from __future__ import annotations
 
 import logging
-from functools import partial
 
 import transfer_queue as tq
 from omegaconf import DictConfig
@@ -25,7 +24,7 @@ from verl.utils.config import omega_conf_to_dataclass
 from verl_espo.config.loss import ESPO_KEY_PREFIX, ESPOConfig
 from verl_espo.core.espo import batch_entropy_threshold
 from verl_espo.losses import ENTROPY_AWARE_LOSS_MODES
-from verl_espo.workers.actor_loss import ENTROPY_THRESHOLD_KEY, OLD_ENTROPY_KEY, entropy_aware_ppo_loss
+from verl_espo.workers.actor_loss import ENTROPY_THRESHOLD_KEY, OLD_ENTROPY_KEY, make_actor_loss_fn
 
 __all__ = ["ESPOTrainerSync", "check_trainer_config"]
 
@@ -78,10 +77,8 @@ class ESPOTrainerSync(PPOTrainerSync):
         self.selected_trainer_mode = value
 
     def on_init_end(self) -> None:
-        actor_config = omega_conf_to_dataclass(self.config.actor_rollout_ref.actor)
-        # The workers attach the model config the same way; the loss reads |V| from it (Eq. 8).
-        actor_config.model_config = omega_conf_to_dataclass(self.config.actor_rollout_ref.model)
-        self.actor_rollout_wg.set_loss_fn(partial(entropy_aware_ppo_loss, config=actor_config))
+        loss_fn = make_actor_loss_fn(self.config.actor_rollout_ref.actor, self.config.actor_rollout_ref.model)
+        self.actor_rollout_wg.set_loss_fn(loss_fn)
         logger.info("verl_espo: installed entropy_aware_ppo_loss in the actor workers")
         super().on_init_end()
 

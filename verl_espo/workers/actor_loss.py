@@ -15,12 +15,15 @@ inside :func:`~verl_espo.losses.extras.policy_loss_extras`, which hands the poli
 
 from __future__ import annotations
 
-from typing import Any
+from functools import partial
+from typing import Any, Callable
 
 import torch
+from omegaconf import DictConfig
 from tensordict import TensorDict
 from verl.trainer.ppo.core_algos import agg_loss
 from verl.utils import tensordict_utils as tu
+from verl.utils.config import omega_conf_to_dataclass
 from verl.utils.metric import AggregationType, Metric
 from verl.workers.config import ActorConfig
 from verl.workers.utils import losses as verl_losses
@@ -28,7 +31,13 @@ from verl.workers.utils import losses as verl_losses
 from verl_espo.losses import ENTROPY_AWARE_LOSS_MODES
 from verl_espo.losses.extras import policy_loss_extras
 
-__all__ = ["entropy_aware_ppo_loss", "OLD_ENTROPY_KEY", "ENTROPY_THRESHOLD_KEY", "padded_old_entropy"]
+__all__ = [
+    "entropy_aware_ppo_loss",
+    "make_actor_loss_fn",
+    "OLD_ENTROPY_KEY",
+    "ENTROPY_THRESHOLD_KEY",
+    "padded_old_entropy",
+]
 
 #: Batch key of the old policy's entropy in veRL's V1 trainer (response-only, nested).
 OLD_ENTROPY_KEY = "entropy"
@@ -65,7 +74,9 @@ def entropy_aware_ppo_loss(
     # Maxima over micro-batches and ranks, not means (ppo_loss wraps every policy-loss metric as MEAN).
     for key, metric in list(metrics.items()):
         if key.endswith("_max") and isinstance(metric, Metric) and metric.aggregation == AggregationType.MEAN:
-            metrics[key] = Metric(AggregationType.MAX, list(metric.values))
+            maximum = Metric(AggregationType.MAX)
+            maximum.extend(metric.values)
+            metrics[key] = maximum
 
     # The loss-side view of the old entropy, aggregated exactly like the trainer's `actor/entropy`.
     with torch.no_grad():
@@ -86,3 +97,15 @@ def entropy_aware_ppo_loss(
         AggregationType.SUM if sum_aggregation else AggregationType.MEAN, old_entropy_agg
     )
     return loss, metrics
+
+
+def make_actor_loss_fn(actor: DictConfig, model: DictConfig) -> Callable[..., tuple[torch.Tensor, dict[str, Any]]]:
+    """The loss function to hand to ``ActorRolloutRefWorker.set_loss_fn``.
+
+    ``actor`` and ``model`` are ``actor_rollout_ref.actor`` / ``.model`` of the trainer config. The actor
+    config dataclass gets the model config attached exactly as veRL's worker does in ``init_model``, so
+    the loss can read ``|V|`` from it.
+    """
+    config = omega_conf_to_dataclass(actor)
+    config.model_config = omega_conf_to_dataclass(model)
+    return partial(entropy_aware_ppo_loss, config=config)

@@ -1,0 +1,51 @@
+"""Shared fixtures: actor configs for direct loss calls and random ESPO batches."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest
+import torch
+
+
+def make_actor_config(loss_mode="espo", clip_ratio_low=0.2, clip_ratio_high=0.28, loss_agg_mode="token-mean", **espo):
+    """An ``FSDPActorConfig`` whose policy loss is the plugin's config class, as Hydra would build it."""
+    import verl  # noqa: F401  (loads the plugin)
+    from verl.workers.config import FSDPActorConfig
+
+    from verl_espo.config import ESPOConfig, ESPOPolicyLossConfig
+
+    espo.setdefault("vocab_size", 100)
+    return FSDPActorConfig(
+        strategy="fsdp2",
+        rollout_n=1,
+        ppo_micro_batch_size_per_gpu=1,
+        clip_ratio_low=clip_ratio_low,
+        clip_ratio_high=clip_ratio_high,
+        loss_agg_mode=loss_agg_mode,
+        policy_loss=ESPOPolicyLossConfig(loss_mode=loss_mode, espo=ESPOConfig(**espo)),
+    )
+
+
+def random_batch(B=6, T=12, seed=0, dtype=torch.float64, lengths=None, tie_entropy=False, scale=0.3):
+    """Padded random tensors with varied row lengths (including empty and length-1 rows)."""
+    g = torch.Generator().manual_seed(seed)
+    if lengths is None:
+        lengths = [0, 1, T, 5, 3, T - 1][:B] + [int(x) for x in torch.randint(0, T + 1, (max(0, B - 6),), generator=g)]
+    mask = torch.zeros(B, T, dtype=torch.bool)
+    for i, n in enumerate(lengths):
+        mask[i, :n] = True
+    old = -torch.rand(B, T, generator=g, dtype=dtype) * 3 - 0.05
+    lp = old + torch.randn(B, T, generator=g, dtype=dtype) * scale
+    adv = torch.randn(B, 1, generator=g, dtype=dtype).expand(B, T).clone()
+    ent = torch.rand(B, T, generator=g, dtype=dtype) * 3
+    if tie_entropy:
+        ent = torch.round(ent)  # many ties
+    return {"log_prob": lp, "old_log_prob": old, "advantages": adv, "response_mask": mask, "old_entropy": ent}
+
+
+@pytest.fixture
+def actor_config():
+    return make_actor_config

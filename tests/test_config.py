@@ -1,0 +1,139 @@
+"""Hydra composition of ``pkg://verl_espo.config`` and config-time validation."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from hydra import compose, initialize_config_module
+from hydra.errors import ConfigCompositionException, InstantiationException
+from omegaconf import OmegaConf, open_dict
+
+import verl  # noqa: F401
+from verl.utils.config import omega_conf_to_dataclass
+
+from verl_espo.config import ESPOConfig, ESPOPolicyLossConfig
+from verl_espo.trainer.espo_sync import check_trainer_config
+
+
+def compose_espo(*overrides: str):
+    with initialize_config_module(config_module="verl_espo.config", version_base=None):
+        return compose(config_name="espo_trainer", overrides=list(overrides))
+
+
+def actor_dataclass(cfg):
+    with open_dict(cfg):
+        cfg.actor_rollout_ref.actor.strategy = "fsdp2"
+        cfg.actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu = 1
+    return omega_conf_to_dataclass(cfg.actor_rollout_ref.actor)
+
+
+def test_espo_trainer_composes_on_top_of_ppo_trainer():
+    cfg = compose_espo()
+    assert cfg.trainer.v1.trainer_mode == "espo_sync"
+    assert cfg.algorithm.adv_estimator == "grpo"
+    assert cfg.actor_rollout_ref.actor.policy_loss.loss_mode == "espo"
+    assert "critic" in cfg and "data" in cfg  # the rest of veRL's ppo_trainer is there
+    actor = actor_dataclass(cfg)
+    assert isinstance(actor.policy_loss, ESPOPolicyLossConfig)
+    assert actor.policy_loss.espo == ESPOConfig()  # the YAML states the dataclass defaults
+
+
+def test_overrides_need_no_plus_and_are_typed():
+    cfg = compose_espo(
+        "actor_rollout_ref.actor.policy_loss.espo.alpha=0.05",
+        "actor_rollout_ref.actor.policy_loss.espo.high_entropy_ratio=0.4",
+        "actor_rollout_ref.actor.policy_loss.espo.grouping=batch",
+        "actor_rollout_ref.actor.policy_loss.espo.ratio=literal",
+        "actor_rollout_ref.actor.policy_loss.espo.clip=fixed",
+        "actor_rollout_ref.actor.policy_loss.espo.aggregation=actor",
+        "actor_rollout_ref.actor.policy_loss.espo.vocab_size=151936",
+    )
+    espo = actor_dataclass(cfg).policy_loss.espo
+    assert (espo.alpha, espo.high_entropy_ratio, espo.grouping, espo.ratio, espo.clip, espo.aggregation) == (
+        0.05, 0.4, "batch", "literal", "fixed", "actor"
+    )
+    assert espo.vocab_size == 151936
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("high_entropy_ratio=0", "high_entropy_ratio must be in (0, 1]"),
+        ("high_entropy_ratio=1.5", "high_entropy_ratio must be in (0, 1]"),
+        ("alpha=0", "alpha must be > 0"),
+        ("alpha=-0.1", "alpha must be > 0"),
+        ("grouping=token", "grouping must be one of"),
+        ("ratio=gspo", "ratio must be one of"),
+        ("clip=dynamic", "clip must be one of"),
+        ("aggregation=mean", "aggregation must be one of"),
+        ("vocab_size=1", "vocab_size must be null or an integer >= 2"),
+    ],
+)
+def test_out_of_range_values_fail_at_config_time_naming_the_key(override, message):
+    cfg = compose_espo(f"actor_rollout_ref.actor.policy_loss.espo.{override}")
+    with pytest.raises(InstantiationException) as info:
+        actor_dataclass(cfg)
+    assert "actor_rollout_ref.actor.policy_loss.espo." + override.split("=")[0] in str(info.value)
+    assert message in str(info.value)
+
+
+def test_unknown_keys_fail_at_config_time():
+    with pytest.raises(ConfigCompositionException, match="espo.bogus"):
+        compose_espo("actor_rollout_ref.actor.policy_loss.espo.bogus=1")
+    cfg = compose_espo("+actor_rollout_ref.actor.policy_loss.espo.bogus=1")
+    with pytest.raises(InstantiationException, match="bogus"):
+        actor_dataclass(cfg)
+
+
+def test_block_without_target_is_coerced_and_checked():
+    assert ESPOPolicyLossConfig(espo={"alpha": 0.5}).espo.alpha == 0.5
+    with pytest.raises(ValueError, match=r"Unknown key\(s\) \['nope'\] in actor_rollout_ref.actor.policy_loss.espo"):
+        ESPOPolicyLossConfig(espo={"nope": 1})
+    with pytest.raises(ValueError, match="alpha must be > 0"):
+        ESPOPolicyLossConfig(espo={"alpha": 0})
+    cfg = compose_espo()
+    with open_dict(cfg):
+        del cfg.actor_rollout_ref.actor.policy_loss.espo["_target_"]
+        cfg.actor_rollout_ref.actor.policy_loss.espo.alpha = 0.3
+    assert actor_dataclass(cfg).policy_loss.espo.alpha == 0.3
+
+
+def test_trainer_refuses_bypass_mode_and_distillation():
+    cfg = compose_espo()
+    with open_dict(cfg):
+        cfg.algorithm.rollout_correction.bypass_mode = True
+    with pytest.raises(ValueError, match="bypass_mode"):
+        check_trainer_config(cfg)
+    cfg = compose_espo()
+    with open_dict(cfg):
+        cfg.distillation = OmegaConf.create({"enabled": True})
+    with pytest.raises(ValueError, match="distillation"):
+        check_trainer_config(cfg)
+
+
+def test_trainer_requires_the_plugin_loss_config():
+    cfg = compose_espo("actor_rollout_ref.actor.policy_loss._target_=verl.workers.config.PolicyLossConfig")
+    with open_dict(cfg):
+        cfg.actor_rollout_ref.actor.strategy = "fsdp2"
+        cfg.actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu = 1
+        del cfg.actor_rollout_ref.actor.policy_loss["espo"]
+    with pytest.raises(ValueError, match="ESPOPolicyLossConfig"):
+        check_trainer_config(cfg)
+
+
+def test_stock_cli_rejects_bad_values_before_starting_ray():
+    """`python -m verl.trainer.main_ppo` fails in its config validation, with the key in the message."""
+    cmd = [
+        sys.executable, "-m", "verl.trainer.main_ppo", "--config-path=pkg://verl_espo.config",
+        "--config-name=espo_trainer", "actor_rollout_ref.actor.policy_loss.espo.alpha=-1",
+        "actor_rollout_ref.model.path=/nonexistent", "actor_rollout_ref.actor.strategy=fsdp2",
+        "actor_rollout_ref.rollout.name=vllm", "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=1",
+        "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=1",
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "RAY_ADDRESS": ""})
+    assert proc.returncode != 0
+    assert "actor_rollout_ref.actor.policy_loss.espo.alpha must be > 0, got -1" in proc.stderr + proc.stdout
+    assert "ray init kwargs" not in proc.stdout

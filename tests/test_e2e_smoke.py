@@ -1,0 +1,195 @@
+"""End-to-end: veRL's real PPO trainer with ESPO on CPU (``python -m verl_espo.smoke espo``), plus fast
+checks of the ``hf`` rollout backend's sampler.
+
+The slow test runs the whole stack once (Ray, TransferQueue, FSDP2 actor, the plugin's ``hf`` rollout
+and CPU platform, reward, GRPO advantages, the ESPO loss through the ``espo_sync`` trainer, weight sync
+after every update, validation, an HF checkpoint) and checks what each part must produce. Deselect it
+with ``-m "not slow"``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+STEPS = 3
+ESPO_KEYS = (
+    "actor/espo/old_entropy",
+    "actor/espo/high/clipfrac_upper",
+    "actor/espo/high/clipfrac_lower",
+    "actor/espo/low/clipfrac_upper",
+    "actor/espo/low/clipfrac_lower",
+    "actor/espo/high/token_frac",
+    "actor/espo/num_groups_mean",
+)
+VAL_KEY = "val-core/toy_math/acc/mean@1"
+# Max |p_rollout - p_actor| over response tokens: fp32 on both sides, same weights -> ~1e-6.
+SYNC_TOLERANCE = 1e-4
+
+
+@pytest.fixture(scope="module")
+def espo_run(tmp_path_factory):
+    from verl_espo.smoke import run_smoke
+
+    out = tmp_path_factory.mktemp("espo_smoke")
+    result = run_smoke(
+        "espo",
+        STEPS,
+        out,
+        overrides=["trainer.save_freq=1", "actor_rollout_ref.actor.checkpoint.save_contents=[hf_model]"],
+        echo=False,
+        timeout_s=900,
+    )
+    log = Path(result.out_dir, "train.log")
+    assert result.ok, f"trainer exited with {result.returncode}:\n" + "\n".join(log.read_text().splitlines()[-60:])
+    return result
+
+
+def _train_steps(result) -> list[dict]:
+    return [s for s in result.steps if "timing_s/step" in s]
+
+
+@pytest.mark.slow
+def test_every_step_completes(espo_run):
+    assert [s["step"] for s in _train_steps(espo_run)] == list(range(1, STEPS + 1))
+    assert espo_run.summary["steps_completed"] == STEPS
+
+
+@pytest.mark.slow
+def test_espo_metrics_present_and_finite(espo_run):
+    for step in _train_steps(espo_run):
+        espo = {k: v for k, v in step.items() if k.startswith("actor/espo/")}
+        assert set(ESPO_KEYS) <= espo.keys(), sorted(espo)
+        assert all(math.isfinite(v) for v in espo.values()), espo
+        for key in ("critic/score/mean", "actor/entropy", "actor/pg_loss", "actor/grad_norm"):
+            assert math.isfinite(step[key]), key
+
+
+@pytest.mark.slow
+def test_loss_side_old_entropy_matches_trainer_entropy(espo_run):
+    # One PPO mini-batch per step (ppo_mini_batch_size = train_batch_size), so the loss-side aggregate of
+    # the old entropy covers exactly the tokens the trainer's `actor/entropy` averages.
+    for step in _train_steps(espo_run):
+        assert step["actor/espo/old_entropy"] == pytest.approx(step["actor/entropy"], abs=1e-5)
+
+
+@pytest.mark.slow
+def test_rollout_weights_follow_every_update(espo_run):
+    # The hf server's log-probs equal the actor's old log-probs at every step: the rollout generated with
+    # the weights of the latest update (dummy-initialised at start, so the first sync is checked too).
+    for step in _train_steps(espo_run):
+        assert step["training/rollout_probs_diff_max"] < SYNC_TOLERANCE, step["step"]
+    synced = re.findall(r"hf rollout: synced (\d+) tensors to replica 0 \(step (\d+)\)", Path(espo_run.out_dir, "train.log").read_text())
+    assert [int(s) for _, s in synced] == list(range(0, STEPS + 1))  # initial sync + one after every update
+    assert len({n for n, _ in synced}) == 1
+
+
+@pytest.mark.slow
+def test_parameters_change_and_policy_moves_beyond_sync_tolerance(espo_run):
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    out = Path(espo_run.out_dir)
+    for step in _train_steps(espo_run):
+        assert step["actor/grad_norm"] > 0
+    paths = [out / "model"] + [out / f"checkpoints/global_step_{k}/actor/huggingface" for k in range(1, STEPS + 1)]
+    weights = [load_file(p / "model.safetensors") for p in paths]
+    for before, after in zip(weights, weights[1:]):
+        assert all(torch.isfinite(t).all() for t in after.values())
+        assert max((after[k].float() - before[k].float()).abs().max().item() for k in before) > 1e-5
+
+    # Each update moves token probabilities by far more than SYNC_TOLERANCE, so a skipped weight sync would
+    # have failed test_rollout_weights_follow_every_update.
+    ids = torch.arange(3, 60).unsqueeze(0)
+    probs = []
+    for p in paths:
+        model = AutoModelForCausalLM.from_pretrained(p, dtype=torch.float32, attn_implementation="eager").eval()
+        with torch.no_grad():
+            probs.append(torch.softmax(model(ids).logits.float(), dim=-1))
+    for before, after in zip(probs, probs[1:]):
+        assert (after - before).abs().max().item() > 100 * SYNC_TOLERANCE
+
+
+@pytest.mark.slow
+def test_validation_metrics(espo_run):
+    validated = [s for s in espo_run.steps if VAL_KEY in s]
+    assert [s["step"] for s in validated] == [0, STEPS]  # val_before_train and test_freq = total steps
+    assert all(0.0 <= s[VAL_KEY] <= 1.0 for s in validated)
+
+
+# ----------------------------------------------------------------------------- hf sampler (fast)
+@pytest.fixture(scope="module")
+def tiny_lm():
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    config = Qwen2Config(
+        vocab_size=40, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=1, max_position_embeddings=128, eos_token_id=1, pad_token_id=0,
+    )  # fmt: skip
+    return Qwen2ForCausalLM(config).eval()
+
+
+def _gen(model, prompts, spec, max_new=12, seed=0, eos=(1,)):
+    from verl_espo.rollout.hf_generate import generate_batch
+
+    generator = torch.Generator().manual_seed(seed)
+    return generate_batch(
+        model, prompts, [max_new] * len(prompts), spec,
+        eos_token_ids=list(eos), pad_token_id=0, want_log_probs=True, generator=generator,
+    )  # fmt: skip
+
+
+def test_hf_log_probs_match_teacher_forcing(tiny_lm):
+    from verl_espo.rollout.hf_generate import SamplingSpec
+
+    prompts = [[5, 6, 7], [8, 9], [10, 11, 12, 13]]  # ragged: left padding must not change the result
+    for spec in (SamplingSpec(temperature=0.7), SamplingSpec(temperature=0)):
+        for prompt, out in zip(prompts, _gen(tiny_lm, prompts, spec)):
+            assert out.token_ids and len(out.log_probs) == len(out.token_ids)
+            ids = torch.tensor([prompt + out.token_ids])
+            with torch.no_grad():
+                logits = tiny_lm(ids).logits[0, len(prompt) - 1 : -1].float()
+            temperature = spec.temperature if spec.temperature > 0 else 1.0
+            ref = torch.log_softmax(logits / temperature, -1).gather(1, torch.tensor(out.token_ids)[:, None])[:, 0]
+            torch.testing.assert_close(torch.tensor(out.log_probs), ref, atol=1e-5, rtol=0)
+            if spec.temperature == 0:
+                assert out.token_ids == logits.argmax(-1).tolist()[: len(out.token_ids)]
+
+
+def test_hf_eos_cut_and_lengths(tiny_lm):
+    from verl_espo.rollout.hf_generate import SamplingSpec, generate_batch
+
+    eos = 17
+    outs = generate_batch(
+        tiny_lm, [[5, 6], [7]], [3, 9], SamplingSpec(temperature=1.0), eos_token_ids=[eos], pad_token_id=0,
+        want_log_probs=False, generator=torch.Generator().manual_seed(1),
+    )  # fmt: skip
+    assert len(outs[0].token_ids) <= 3 and len(outs[1].token_ids) <= 9
+    for out in outs:
+        assert out.log_probs is None
+        assert eos not in out.token_ids[:-1]
+        assert (out.finish_reason == "stop") == (out.token_ids[-1] == eos)
+
+
+def test_hf_top_k_one_is_greedy(tiny_lm):
+    from verl_espo.rollout.hf_generate import SamplingSpec
+
+    greedy = _gen(tiny_lm, [[5, 6, 7]], SamplingSpec(temperature=0))[0].token_ids
+    for seed in range(3):
+        assert _gen(tiny_lm, [[5, 6, 7]], SamplingSpec(temperature=1.3, top_k=1), seed=seed)[0].token_ids == greedy
+        assert _gen(tiny_lm, [[5, 6, 7]], SamplingSpec(temperature=1.3, top_p=1e-6), seed=seed)[0].token_ids == greedy
+
+
+def test_hf_top_p_keeps_the_nucleus():
+    from verl_espo.rollout.hf_generate import SampleAndRecord, SamplingSpec
+
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    kept = SampleAndRecord(SamplingSpec(top_p=0.7))._filter(logits)
+    assert torch.isfinite(kept).tolist() == [[True, True, False, False]]  # 0.5 < 0.7 <= 0.8
+    kept = SampleAndRecord(SamplingSpec(top_k=3))._filter(logits)
+    assert torch.isfinite(kept).tolist() == [[True, True, True, False]]

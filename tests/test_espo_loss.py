@@ -1,0 +1,340 @@
+"""The registered ``espo`` policy loss against the float64 loop reference in ``espo_reference.py``."""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+
+import pytest
+import torch
+from conftest import make_actor_config, random_batch
+from espo_reference import reference_batch_threshold, reference_espo, reference_high_sets
+
+import verl  # noqa: F401  (loads the plugin through the entry point)
+from verl.trainer.ppo.core_algos import get_policy_loss_fn
+
+from verl_espo.core.espo import (
+    batch_entropy_threshold,
+    high_entropy_count,
+    sequence_high_entropy_mask,
+)
+from verl_espo.losses.espo import MissingOldEntropyError
+
+espo_loss = get_policy_loss_fn("espo")
+
+
+def _call(batch, config, **kw):
+    return espo_loss(
+        old_log_prob=batch["old_log_prob"],
+        log_prob=batch["log_prob"],
+        advantages=batch["advantages"],
+        response_mask=batch["response_mask"],
+        loss_agg_mode=config.loss_agg_mode,
+        config=config,
+        old_entropy=batch["old_entropy"],
+        **kw,
+    )
+
+
+def _loss_and_grad(batch, config, **kw):
+    lp = batch["log_prob"].detach().clone().requires_grad_(True)
+    loss, metrics = _call({**batch, "log_prob": lp}, config, **kw)
+    loss.backward()
+    return loss.detach(), lp.grad, metrics
+
+
+def _reference_loss_and_grad(batch, **kw):
+    lp = batch["log_prob"].detach().clone().double().requires_grad_(True)
+    loss = reference_espo(
+        lp,
+        batch["old_log_prob"].double(),
+        batch["advantages"].double(),
+        batch["response_mask"],
+        batch["old_entropy"].double(),
+        **kw,
+    )
+    loss.backward()
+    return loss.detach(), lp.grad
+
+
+# ---------------------------------------------------------------- grouping
+
+
+def test_high_entropy_count_is_an_exact_ceiling():
+    for rho_text in ("0.05", "0.1", "0.2", "0.3", "0.35", "0.7", "0.9", "1.0"):
+        rho = float(rho_text)
+        lengths = torch.arange(0, 201)
+        got = high_entropy_count(rho, lengths)
+        want = [max(1, min(n, math.ceil(Fraction(rho_text) * n))) for n in range(201)]
+        assert got.tolist() == want, rho_text
+    assert high_entropy_count(0.2, torch.tensor([15])).item() == 3  # 0.2 * 15 = 3.0000000000000004
+
+
+@pytest.mark.parametrize("rho", [0.1, 0.2, 0.5, 0.8, 0.95, 1.0])
+@pytest.mark.parametrize("ties", [False, True])
+def test_sequence_grouping_matches_reference(rho, ties):
+    batch = random_batch(B=10, T=17, seed=3, tie_entropy=ties)
+    got = sequence_high_entropy_mask(batch["old_entropy"], batch["response_mask"], rho)
+    want = reference_high_sets(batch["old_entropy"], batch["response_mask"], rho)
+    for i, positions in enumerate(want):
+        assert set(torch.nonzero(got[i]).flatten().tolist()) == positions
+    assert not (got & ~batch["response_mask"]).any()
+
+
+def test_equal_entropy_row_is_one_group():
+    mask = torch.ones(2, 6, dtype=torch.bool)
+    ent = torch.full((2, 6), 0.7)
+    assert sequence_high_entropy_mask(ent, mask, 0.2).all()
+
+
+@pytest.mark.parametrize("rho", [0.2, 0.45, 1.0])
+def test_batch_threshold_matches_reference(rho):
+    batch = random_batch(B=9, T=13, seed=5, tie_entropy=True)
+    got = batch_entropy_threshold(batch["old_entropy"], batch["response_mask"], rho)
+    assert got == reference_batch_threshold(batch["old_entropy"], batch["response_mask"], rho)
+    assert batch_entropy_threshold(batch["old_entropy"], torch.zeros_like(batch["response_mask"]), rho) == math.inf
+
+
+# ---------------------------------------------------------------- loss values and gradients
+
+
+CASES = [
+    dict(ratio=r, clip=c, aggregation=a, high_entropy_ratio=rho, grouping=g)
+    for r in ("gspo_token", "literal")
+    for c in ("adaptive", "fixed")
+    for a in ("paper", "actor")
+    for rho in (0.2, 0.8, 1.0)
+    for g in ("sequence", "batch")
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(str(v) for v in c.values()))
+@pytest.mark.parametrize("seed", [0, 1])
+def test_loss_and_gradient_match_reference(case, seed):
+    # Fixed clip with a tiny range makes many tokens clip, so both branches are exercised.
+    config = make_actor_config(clip_ratio_low=0.01, clip_ratio_high=0.02, alpha=0.2, **case)
+    batch = random_batch(B=8, T=11, seed=seed, tie_entropy=seed == 1)
+    kw = {}
+    threshold = None
+    if case["grouping"] == "batch":
+        threshold = reference_batch_threshold(batch["old_entropy"], batch["response_mask"], case["high_entropy_ratio"])
+        kw["entropy_threshold"] = threshold
+    loss, grad, metrics = _loss_and_grad(batch, config, **kw)
+    ref_loss, ref_grad = _reference_loss_and_grad(
+        batch,
+        rho=case["high_entropy_ratio"],
+        grouping=case["grouping"],
+        threshold=threshold,
+        ratio=case["ratio"],
+        clip=case["clip"],
+        alpha=0.2,
+        vocab_size=100,
+        clip_low=0.01,
+        clip_high=0.02,
+        aggregation=case["aggregation"],
+        loss_agg_mode="token-mean",
+    )
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-9, atol=1e-12)
+    assert grad[~batch["response_mask"]].abs().max() == 0
+    assert 0.0 < metrics["actor/pg_clipfrac"] < 1.0  # both branches were taken
+
+
+@pytest.mark.parametrize("mode", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum"])
+def test_actor_aggregation_modes_match_reference(mode):
+    config = make_actor_config(aggregation="actor", loss_agg_mode=mode)
+    batch = random_batch(B=7, T=9, seed=11)
+    loss, grad, _ = _loss_and_grad(batch, config)
+    ref_loss, ref_grad = _reference_loss_and_grad(batch, aggregation="actor", loss_agg_mode=mode)
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-9, atol=1e-12)
+
+
+def test_rollout_is_weights_multiply_token_losses():
+    config = make_actor_config()
+    batch = random_batch(B=6, T=8, seed=2)
+    w = torch.rand(6, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) + 0.5
+    lp = batch["log_prob"].clone().requires_grad_(True)
+    loss, _ = espo_loss(
+        batch["old_log_prob"], lp, batch["advantages"], batch["response_mask"], "token-mean", config, w,
+        old_entropy=batch["old_entropy"],
+    )
+    loss.backward()
+    ref_loss, ref_grad = _reference_loss_and_grad(batch, rollout_is_weights=w)
+    torch.testing.assert_close(loss.detach(), ref_loss, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(lp.grad, ref_grad, rtol=1e-9, atol=1e-12)
+
+
+def test_extreme_log_ratios_stay_finite_and_match_reference():
+    config = make_actor_config(clip="fixed")
+    batch = random_batch(B=6, T=10, seed=4, scale=40.0)  # group log-ratios far beyond the clamp at 10
+    loss, grad, metrics = _loss_and_grad(batch, config)
+    ref_loss, ref_grad = _reference_loss_and_grad(batch, clip="fixed", clip_low=0.2, clip_high=0.28)
+    assert torch.isfinite(loss) and torch.isfinite(grad).all()
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-9, atol=1e-9)
+    assert metrics["actor/espo/high/log_ratio_abs_max"] > 10
+
+
+def test_non_finite_padding_does_not_leak():
+    config = make_actor_config()
+    clean = random_batch(B=6, T=10, seed=6, dtype=torch.float32)
+    dirty = {k: v.clone() for k, v in clean.items()}
+    pad = ~clean["response_mask"]
+    for key, value in (("log_prob", -math.inf), ("old_log_prob", math.nan), ("advantages", math.inf), ("old_entropy", math.nan)):
+        dirty[key][pad] = value
+    loss_c, grad_c, _ = _loss_and_grad(clean, config)
+    loss_d, grad_d, _ = _loss_and_grad(dirty, config)
+    assert torch.isfinite(loss_d) and torch.isfinite(grad_d).all()
+    torch.testing.assert_close(loss_d, loss_c)
+    torch.testing.assert_close(grad_d, grad_c)
+
+
+def test_bf16_inputs_are_computed_in_float32():
+    config = make_actor_config()
+    batch = random_batch(B=8, T=16, seed=8, dtype=torch.float32)
+    bf16 = {k: (v.to(torch.bfloat16) if v.is_floating_point() else v) for k, v in batch.items()}
+    as_fp32 = {k: (v.float() if v.is_floating_point() else v) for k, v in bf16.items()}
+    loss_b, grad_b, _ = _loss_and_grad(bf16, config)
+    loss_f, grad_f, _ = _loss_and_grad(as_fp32, config)
+    assert loss_b.dtype == torch.float32 and grad_b.dtype == torch.bfloat16
+    torch.testing.assert_close(loss_b, loss_f)  # same bf16-rounded inputs -> same float32 math
+    torch.testing.assert_close(grad_b.float(), grad_f, rtol=1e-2, atol=1e-3)
+
+
+def test_on_policy_gradient_is_the_policy_gradient():
+    """At log_prob == old_log_prob nothing clips: the gradient is -A * w_t (Eq. 5 weights)."""
+    config = make_actor_config()
+    batch = random_batch(B=5, T=7, seed=9)
+    batch["log_prob"] = batch["old_log_prob"].clone()
+    _, grad, metrics = _loss_and_grad(batch, config)
+    _, ref_grad = _reference_loss_and_grad(batch)
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-9, atol=1e-12)
+    assert metrics["actor/pg_clipfrac"] == 0.0 and metrics["actor/espo/grad_utilization"] == 1.0
+
+
+# ---------------------------------------------------------------- identities and invariances
+
+
+def test_single_group_fixed_clip_equals_verl_gspo():
+    """rho=1, clip=fixed, aggregation=paper is veRL's gspo with seq-mean-token-mean (value and gradient)."""
+    config = make_actor_config(high_entropy_ratio=1.0, clip="fixed", loss_agg_mode="seq-mean-token-mean")
+    gspo = get_policy_loss_fn("gspo")
+    batch = random_batch(B=8, T=12, seed=12, dtype=torch.float32, scale=0.05)
+    batch["response_mask"][0, 0] = True  # no empty row: both sides skip empty rows, but keep it simple
+    lp1 = batch["log_prob"].clone().requires_grad_(True)
+    lp2 = batch["log_prob"].clone().requires_grad_(True)
+    loss1, m1 = _call({**batch, "log_prob": lp1}, config)
+    loss2, m2 = gspo(batch["old_log_prob"], lp2, batch["advantages"], batch["response_mask"], "seq-mean-token-mean", config)
+    loss1.backward()
+    loss2.backward()
+    torch.testing.assert_close(loss1, loss2, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(lp1.grad, lp2.grad, rtol=1e-6, atol=1e-7)
+    assert m1["actor/pg_clipfrac"] == pytest.approx(m2["actor/pg_clipfrac"])
+    assert m1["actor/ppo_kl"] == pytest.approx(m2["actor/ppo_kl"], rel=1e-5)
+    assert m1["actor/espo/low/token_frac"] == 0.0
+
+
+@pytest.mark.parametrize("aggregation,mode", [("paper", "token-mean"), ("actor", "token-mean"), ("actor", "seq-mean-token-mean")])
+def test_micro_batch_and_data_parallel_splits_do_not_change_the_loss(aggregation, mode):
+    config = make_actor_config(aggregation=aggregation, loss_agg_mode=mode)
+    batch = random_batch(B=8, T=10, seed=13)
+    mask = batch["response_mask"]
+    info = {
+        "dp_size": 1,
+        "batch_num_tokens": int(mask.sum()),
+        "global_batch_size": int((mask.sum(-1) > 0).sum()),
+        "loss_scale_factor": None,
+    }
+    config.global_batch_info.update(info)
+    full, full_grad, _ = _loss_and_grad(batch, config)
+
+    def part(rows, **override):
+        config.global_batch_info.update({**info, **override})
+        return _loss_and_grad({k: v[rows] for k, v in batch.items()}, config)
+
+    # Four micro-batches on one rank: the losses add up (gradient accumulation).
+    chunks = [slice(0, 3), slice(3, 4), slice(4, 7), slice(7, 8)]
+    results = [part(c) for c in chunks]
+    torch.testing.assert_close(sum(r[0] for r in results), full, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(torch.cat([r[1] for r in results]), full_grad, rtol=1e-10, atol=1e-12)
+
+    # Two data-parallel ranks: FSDP averages gradients, so the mean of the rank losses is the loss.
+    ranks = [part(slice(0, 4), dp_size=2), part(slice(4, 8), dp_size=2)]
+    torch.testing.assert_close((ranks[0][0] + ranks[1][0]) / 2, full, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(torch.cat([r[1] for r in ranks]) / 2, full_grad, rtol=1e-10, atol=1e-12)
+
+
+# ---------------------------------------------------------------- metrics
+
+
+def test_metrics_describe_the_groups():
+    config = make_actor_config(clip="fixed", clip_ratio_low=0.01, clip_ratio_high=0.01)
+    batch = random_batch(B=8, T=20, seed=14, lengths=[20, 10, 5, 1, 0, 20, 15, 7])
+    _, _, m = _loss_and_grad(batch, config)
+    high = sequence_high_entropy_mask(batch["old_entropy"], batch["response_mask"], 0.2)
+    n_valid = int(batch["response_mask"].sum())
+    assert m["actor/espo/high/token_frac"] == pytest.approx(int(high.sum()) / n_valid)
+    assert m["actor/espo/high/token_frac"] + m["actor/espo/low/token_frac"] == pytest.approx(1.0)
+    non_empty = 7
+    assert m["actor/espo/high/group_size_mean"] == pytest.approx(int(high.sum()) / non_empty)
+    # Rows of length 1 have only a high group.
+    assert m["actor/espo/num_groups_mean"] == pytest.approx(13 / 7)
+    assert m["actor/espo/high/eps_mean"] == pytest.approx(0.01)
+    # Count clipped tokens by hand: s_t = exp(group log-ratio) for gspo_token.
+    lr, old, adv = batch["log_prob"], batch["old_log_prob"], batch["advantages"]
+    upper = lower = 0
+    for i in range(8):
+        for grp in (high[i], batch["response_mask"][i] & ~high[i]):
+            if not grp.any():
+                continue
+            s = math.exp(float((lr[i] - old[i])[grp].mean()))
+            for t in torch.nonzero(grp).flatten().tolist():
+                a = float(adv[i, t])
+                upper += int(a > 0 and s > 1.01)
+                lower += int(a < 0 and s < 0.99)
+    assert m["actor/pg_clipfrac"] == pytest.approx((upper + lower) / n_valid)
+    assert m["actor/espo/grad_utilization"] == pytest.approx(1 - (upper + lower) / n_valid)
+    for key, value in m.items():
+        assert math.isfinite(value), key
+        if "clipfrac" in key or "token_frac" in key:
+            assert 0.0 <= value <= 1.0, key
+
+
+# ---------------------------------------------------------------- errors
+
+
+def test_missing_old_entropy_says_how_to_enable_it():
+    config = make_actor_config()
+    batch = random_batch()
+    with pytest.raises(MissingOldEntropyError, match="trainer_mode=espo_sync"):
+        espo_loss(batch["old_log_prob"], batch["log_prob"], batch["advantages"], batch["response_mask"], "token-mean", config)
+
+
+def test_batch_grouping_needs_the_trainer_threshold():
+    config = make_actor_config(grouping="batch")
+    with pytest.raises(ValueError, match="grouping=batch needs the step-level entropy threshold"):
+        _call(random_batch(), config)
+
+
+def test_bad_inputs_are_rejected():
+    config = make_actor_config()
+    batch = random_batch()
+    with pytest.raises(ValueError, match="old_entropy has shape"):
+        _call({**batch, "old_entropy": batch["old_entropy"][:, :-1]}, config)
+    with pytest.raises(ValueError, match="needs the actor config"):
+        espo_loss(batch["old_log_prob"], batch["log_prob"], batch["advantages"], batch["response_mask"], "token-mean", None,
+                  old_entropy=batch["old_entropy"])
+
+
+def test_vocab_size_comes_from_the_model_config():
+    from types import SimpleNamespace
+
+    config = make_actor_config(vocab_size=None)
+    batch = random_batch()
+    with pytest.raises(ValueError, match="vocab_size is unset"):
+        _call(batch, config)
+    config.model_config = SimpleNamespace(hf_config=SimpleNamespace(vocab_size=100))
+    loss_auto, _ = _call(batch, config)
+    loss_explicit, _ = _call(batch, make_actor_config(vocab_size=100))
+    torch.testing.assert_close(loss_auto, loss_explicit)

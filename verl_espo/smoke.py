@@ -1,0 +1,354 @@
+"""End-to-end smoke runs of veRL's real PPO trainer on CPU: ``python -m verl_espo.smoke espo|grpo|gspo``.
+
+It builds the tiny model (:func:`verl_espo.toy.assets.build_assets`) and a small arithmetic data set into
+a work directory, then runs the stock ``python -m verl.trainer.main_ppo`` with
+``pkg://verl_espo.config/<algo>_smoke`` (Ray, TransferQueue, FSDP2 actor, the plugin's ``hf`` rollout
+and CPU platform, reward, GRPO advantages, the policy loss, weight sync after every update, validation).
+While it runs, each logged step is printed in readable form; veRL's ``file`` logger keeps every metric
+in ``<out>/metrics.jsonl`` and ``<out>/summary.json`` gets the summary printed at the end.
+
+Usage::
+
+    python -m verl_espo.smoke espo [--steps 4] [--out DIR] [hydra overrides ...]
+
+This module is also the smoke runs' reward function (``reward.custom_reward_function.path=
+pkg://verl_espo.smoke``, ``name=compute_score``), so its top level imports nothing heavy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+__all__ = [
+    "ALGOS",
+    "DATA_SOURCE",
+    "SmokeResult",
+    "compute_score",
+    "write_data",
+    "fast_poll_replay_buffer",
+    "run_smoke",
+    "summarise",
+    "main",
+]
+
+ALGOS = ("espo", "grpo", "gspo")
+DATA_SOURCE = "toy_math"
+
+# What the per-step line shows: (label, metric key) -- missing keys are skipped.
+_STEP_COLUMNS = (
+    ("reward", "critic/score/mean"),
+    ("entropy", "actor/entropy"),
+    ("pg_loss", "actor/pg_loss"),
+    ("grad_norm", "actor/grad_norm"),
+    ("clipfrac", "actor/pg_clipfrac"),
+    ("hi_clip+", "actor/espo/high/clipfrac_upper"),
+    ("hi_clip-", "actor/espo/high/clipfrac_lower"),
+    ("lo_clip+", "actor/espo/low/clipfrac_upper"),
+    ("lo_clip-", "actor/espo/low/clipfrac_lower"),
+    ("resp_len", "response_length/mean"),
+    ("rollout_vs_actor_dp", "training/rollout_probs_diff_max"),
+    ("step_s", "timing_s/step"),
+)
+
+
+# ----------------------------------------------------------------------------- task: data and reward
+def _problems(n: int, seed: int) -> list[tuple[int, str, int, int]]:
+    """``n`` one-digit problems ``a op b`` whose answer is a digit."""
+    table = [(a, op, b, a + b if op == "+" else a - b) for op in "+-" for a in range(10) for b in range(10)]
+    table = [p for p in table if 0 <= p[3] <= 9]
+    return random.Random(seed).choices(table, k=n)
+
+
+def write_data(out_dir: str | Path, n_train: int = 256, n_val: int = 16, seed: int = 0) -> tuple[Path, Path]:
+    """Write ``train.parquet`` / ``val.parquet`` in veRL's RL row format (prompt ``"3+4="``, answer ``7``)."""
+    import pandas as pd
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for split, n, split_seed in (("train", n_train, seed), ("val", n_val, seed + 1)):
+        rows = [
+            {
+                "data_source": DATA_SOURCE,
+                "prompt": [{"role": "user", "content": f"{a}{op}{b}="}],
+                "ability": "math",
+                "reward_model": {"style": "rule", "ground_truth": str(answer)},
+                "extra_info": {"split": split, "index": i},
+            }
+            for i, (a, op, b, answer) in enumerate(_problems(n, split_seed))
+        ]
+        path = out / f"{split}.parquet"
+        pd.DataFrame(rows).to_parquet(path, index=False)
+        paths.append(path)
+    return paths[0], paths[1]
+
+
+def _last_boxed(text: str) -> Optional[str]:
+    start = text.rfind("\\boxed{")
+    end = text.find("}", start)
+    return text[start + len("\\boxed{") : end].strip() if start >= 0 and end >= 0 else None
+
+
+def compute_score(
+    data_source: str, solution_str: str, ground_truth: str, extra_info: Optional[dict] = None, **kwargs: Any
+) -> dict[str, float]:
+    """Reward of the smoke task: 1 if the last ``\\boxed{}`` holds the answer, else 0 (veRL's signature)."""
+    correct = float(_last_boxed(solution_str) == str(ground_truth).strip())
+    return {"score": correct, "acc": correct}
+
+
+# ----------------------------------------------------------------------------- replay-buffer polling
+def fast_poll_replay_buffer(**kwargs: Any):
+    """veRL's V1 ``ReplayBuffer`` polling every ``sampler_kwargs.poll_interval`` s instead of its fixed 2 s.
+
+    Selected in ``smoke_cpu.yaml`` with ``trainer.v1.sampler.custom_sampler`` (veRL's public hook for a
+    replay-buffer class; a factory works as well). On a tiny model a rollout takes ~0.1 s, so the 2 s poll
+    would dominate every step and validation. veRL hands a custom sampler fewer arguments than its built-in
+    one, so the batch sizes come from ``sampler_kwargs`` as well (what veRL passes when no group filter
+    is enabled, which is what the smoke runs use).
+    """
+    from verl.trainer.ppo.v1.replay_buffer import ReplayBuffer
+
+    options = dict(kwargs.get("sampler_kwargs") or {})
+    batch_size = options.get("train_batch_size")
+    kwargs.setdefault("poll_interval", float(options.get("poll_interval", 2.0)))
+    kwargs.setdefault("train_batch_size", batch_size)
+    kwargs.setdefault("gen_batch_size", batch_size)
+    return ReplayBuffer(**kwargs)
+
+
+# ----------------------------------------------------------------------------- running the trainer
+@dataclass
+class SmokeResult:
+    """Outcome of one smoke run."""
+
+    algo: str
+    out_dir: str
+    returncode: int
+    wall_s: float
+    steps: list[dict[str, Any]] = field(default_factory=list)  # metrics per logged step (key "step" too)
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0
+
+
+def _command(algo: str, out: Path, model: Path, train: Path, val: Path, steps: int, overrides: list[str]) -> list[str]:
+    return [
+        sys.executable, "-m", "verl.trainer.main_ppo",
+        "--config-path=pkg://verl_espo.config", f"--config-name={algo}_smoke",
+        f"actor_rollout_ref.model.path={model}",
+        f"data.train_files={train}",
+        f"data.val_files={val}",
+        f"trainer.total_training_steps={steps}",
+        "trainer.logger=[console,file]",
+        f"trainer.default_local_dir={out / 'checkpoints'}",
+        f"hydra.run.dir={out / 'hydra'}",
+        *overrides,
+    ]  # fmt: skip
+
+
+def _env(out: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        VERL_PLATFORM="cpu",  # the plugin's CPU platform (verl_espo/platform/cpu.py)
+        VERL_FILE_LOGGER_PATH=str(out / "metrics.jsonl"),  # veRL's `file` logger writes every step here
+        TOKENIZERS_PARALLELISM="false",
+        PYTHONUNBUFFERED="1",
+        HYDRA_FULL_ERROR="1",
+        RAY_DEDUP_LOGS="0",
+    )
+    return env
+
+
+def _build_model(path: Path) -> None:
+    """:func:`~verl_espo.toy.assets.build_assets` on one torch thread: its warm-up is a tiny model, for
+    which a second thread only adds contention (20x slower on a loaded 2-core machine; same weights)."""
+    import torch
+
+    from verl_espo.toy.assets import build_assets
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        build_assets(path)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _read_records(path: Path, offset: int) -> tuple[list[dict], int]:
+    """Complete JSON lines of veRL's file logger after byte ``offset``, and the new offset."""
+    if not path.exists():
+        return [], offset
+    with open(path, "rb") as f:
+        f.seek(offset)
+        chunk = f.read()
+    end = chunk.rfind(b"\n") + 1
+    return [json.loads(line) for line in chunk[:end].splitlines() if line.strip()], offset + end
+
+
+def _follow(proc: subprocess.Popen, metrics: Path, say, deadline: Optional[float]) -> tuple[int, list[dict]]:
+    """Wait for the trainer, echoing each logged step as it appears; kill it past ``deadline``."""
+    records: list[dict] = []
+    offset = 0
+    while True:
+        returncode = proc.poll()
+        new, offset = _read_records(metrics, offset)
+        for record in new:
+            records.append(record)
+            say("[smoke] " + format_step(int(record["step"]), record["data"]))
+        if returncode is not None:
+            return returncode, records
+        if deadline is not None and time.time() > deadline:
+            proc.kill()
+            proc.wait()
+            return -9, records
+        time.sleep(0.5)
+
+
+def _merge_by_step(records: list[dict]) -> list[dict[str, Any]]:
+    """veRL logs a step in several calls (validation, then training); merge them per step."""
+    merged: dict[int, dict[str, Any]] = {}
+    for record in records:
+        merged.setdefault(int(record["step"]), {}).update(record["data"])
+    return [{"step": step, **data} for step, data in sorted(merged.items())]
+
+
+def run_smoke(
+    algo: str,
+    steps: int = 4,
+    out_dir: str | Path | None = None,
+    overrides: Optional[list[str]] = None,
+    *,
+    model_dir: str | Path | None = None,
+    echo: bool = True,
+    timeout_s: Optional[float] = None,
+) -> SmokeResult:
+    """Build the model and data in ``out_dir`` and run ``main_ppo`` with ``<algo>_smoke`` (see the module doc).
+
+    The model goes to ``model_dir`` (default ``out_dir/model``) and is reused if it is already there.
+    ``overrides`` are extra Hydra overrides for ``main_ppo``.
+    """
+    if algo not in ALGOS:
+        raise ValueError(f"algo must be one of {ALGOS}, got {algo!r}")
+    out = Path(out_dir or f"outputs/smoke/{algo}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    say = print if echo else (lambda *a, **k: None)
+
+    start = time.time()
+    model = Path(model_dir).resolve() if model_dir is not None else out / "model"
+    if not (model / "config.json").exists():
+        say(f"[smoke] building the tiny model in {model}")
+        _build_model(model)
+    train, val = write_data(out / "data")
+    metrics = out / "metrics.jsonl"
+    metrics.unlink(missing_ok=True)
+    cmd = _command(algo, out, model, train, val, steps, list(overrides or []))
+    (out / "command.txt").write_text(" ".join(cmd) + "\n")
+    say(f"[smoke] {algo}: {steps} steps of veRL's main_ppo; trainer log: {out / 'train.log'}")
+
+    launched = time.time()
+    deadline = start + timeout_s if timeout_s is not None else None
+    with open(out / "train.log", "wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=_env(out), cwd=out)
+        try:
+            returncode, records = _follow(proc, metrics, say, deadline)
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+    merged = _merge_by_step(records)
+    summary = summarise(algo, merged, returncode, wall_s=time.time() - start, trainer_s=time.time() - launched)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    result = SmokeResult(algo, str(out), returncode, summary["wall_s"], merged, summary)
+    say(summary_text(result))
+    if returncode != 0:
+        say(f"[smoke] the trainer failed (exit code {returncode}); last lines of {out / 'train.log'}:")
+        say(_tail(out / "train.log", 40))
+    return result
+
+
+# ----------------------------------------------------------------------------- reporting
+def _fmt(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def format_step(step: int, data: dict[str, Any]) -> str:
+    """One readable line per logged step (plus the validation scores when the step has them)."""
+    parts = [f"step {step:>3}"]
+    parts += [f"{label}={_fmt(data[key])}" for label, key in _STEP_COLUMNS if key in data]
+    parts += [f"{k}={_fmt(v)}" for k, v in data.items() if k.startswith("val-core/")]
+    return "  ".join(parts)
+
+
+def summarise(algo: str, steps: list[dict[str, Any]], returncode: int, wall_s: float, trainer_s: float) -> dict:
+    """Summary of a run: first vs last reward and entropy, step times, validation before / at the end."""
+    train = [s for s in steps if "timing_s/step" in s]
+    validations = [{k: v for k, v in s.items() if k.startswith("val-core/")} for s in steps]
+    validations = [v for v in validations if v]
+    step_times = [s["timing_s/step"] for s in train]
+    first, last = (train[0], train[-1]) if train else ({}, {})
+    return {
+        "algo": algo,
+        "returncode": returncode,
+        "steps_completed": len(train),
+        "reward_first": first.get("critic/score/mean"),
+        "reward_last": last.get("critic/score/mean"),
+        "entropy_first": first.get("actor/entropy"),
+        "entropy_last": last.get("actor/entropy"),
+        "step_time_mean_s": sum(step_times) / len(step_times) if step_times else None,
+        "step_times_s": step_times,
+        "val_first": validations[0] if validations else {},
+        "val_last": validations[-1] if validations else {},
+        "trainer_wall_s": trainer_s,  # main_ppo subprocess, start-up and shutdown included
+        "wall_s": wall_s,  # with the model build and data
+    }
+
+
+def summary_text(result: SmokeResult) -> str:
+    s = result.summary
+    state = "OK" if result.ok else "FAILED"
+    lines = [
+        f"[smoke] {result.algo}: {state}, {s['steps_completed']} steps; wall {s['wall_s']:.0f} s "
+        f"(trainer process {s['trainer_wall_s']:.0f} s)",
+        f"[smoke]   reward     first {_fmt(s['reward_first'])}  last {_fmt(s['reward_last'])}",
+        f"[smoke]   entropy    first {_fmt(s['entropy_first'])}  last {_fmt(s['entropy_last'])}",
+        f"[smoke]   step time  mean {_fmt(s['step_time_mean_s'])} s  ({', '.join(_fmt(t) for t in s['step_times_s'])})",
+    ]
+    for key, value in s["val_last"].items():
+        lines.append(f"[smoke]   {key}: first {_fmt(s['val_first'].get(key, math.nan))}  last {_fmt(value)}")
+    out = Path(result.out_dir)
+    lines.append(f"[smoke]   metrics: {out / 'metrics.jsonl'}  summary: {out / 'summary.json'}")
+    return "\n".join(lines)
+
+
+def _tail(path: Path, n: int) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return ""
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m verl_espo.smoke", description=__doc__.split("\n\n")[0])
+    parser.add_argument("algo", choices=ALGOS)
+    parser.add_argument("--steps", type=int, default=4, help="training steps (default 4)")
+    parser.add_argument("--out", default=None, help="work directory (default outputs/smoke/<algo>-<time>)")
+    args, overrides = parser.parse_known_args(argv)  # everything else: Hydra overrides for main_ppo
+    result = run_smoke(args.algo, args.steps, args.out, overrides)
+    return 0 if result.ok and result.summary["steps_completed"] >= args.steps else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
