@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_module
@@ -137,3 +138,17 @@ def test_stock_cli_rejects_bad_values_before_starting_ray():
     assert proc.returncode != 0
     assert "actor_rollout_ref.actor.policy_loss.espo.alpha must be > 0, got -1" in proc.stderr + proc.stdout
     assert "ray init kwargs" not in proc.stdout
+
+
+def test_gpu_example_composes(tmp_path):
+    """examples/espo_gsm8k_qwen2.5_0.5b.sh passes only valid keys (Hydra prints the config, runs nothing)."""
+    script = Path(__file__).parents[1] / "examples" / "espo_gsm8k_qwen2.5_0.5b.sh"
+    for loss in ("espo", "grpo"):
+        proc = subprocess.run(
+            ["bash", str(script), "--cfg", "job"], capture_output=True, text=True, timeout=300,
+            env={**os.environ, "LOSS": loss, "DATA_DIR": str(tmp_path),
+                 "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"},
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        expected = "loss_mode: espo" if loss == "espo" else "loss_mode: vanilla"
+        assert expected in proc.stdout

@@ -174,6 +174,23 @@ def test_extreme_log_ratios_stay_finite_and_match_reference():
     torch.testing.assert_close(loss, ref_loss, rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(grad, ref_grad, rtol=1e-9, atol=1e-9)
     assert metrics["actor/espo/high/log_ratio_abs_max"] > 10
+    # Gradient utilisation counts clamped tokens (log s > 10, zero gradient) as lost, besides clipped ones.
+    high = sequence_high_entropy_mask(batch["old_entropy"], batch["response_mask"], 0.2)
+    lost = clamped = 0
+    for i in range(6):
+        for grp in (high[i], batch["response_mask"][i] & ~high[i]):
+            if not grp.any():
+                continue
+            lr = float((batch["log_prob"][i] - batch["old_log_prob"][i])[grp].mean())
+            s = math.exp(min(lr, 10.0))
+            for t in torch.nonzero(grp).flatten().tolist():
+                a = float(batch["advantages"][i, t])
+                clipped = (a > 0 and s > 1.28) or (a < 0 and s < 0.8)
+                lost += int(clipped or lr > 10)
+                clamped += int(lr > 10 and not clipped)
+    assert clamped > 0
+    n_valid = int(batch["response_mask"].sum())
+    assert metrics["actor/espo/grad_utilization"] == pytest.approx(1 - lost / n_valid)
 
 
 def test_non_finite_padding_does_not_leak():

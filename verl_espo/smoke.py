@@ -9,10 +9,10 @@ in ``<out>/metrics.jsonl`` and ``<out>/summary.json`` gets the summary printed a
 
 Usage::
 
-    python -m verl_espo.smoke espo [--steps 4] [--out DIR] [hydra overrides ...]
+    python -m verl_espo.smoke espo [--steps 40] [--out DIR] [hydra overrides ...]
 
-This module is also the smoke runs' reward function (``reward.custom_reward_function.path=
-pkg://verl_espo.smoke``, ``name=compute_score``), so its top level imports nothing heavy.
+The task is :mod:`verl_espo.toy.task` (one-digit addition, answer in ``\\boxed{}``), scored by the project's
+math reward :func:`verl_espo.rewards.math.compute_score`.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ import argparse
 import json
 import math
 import os
-import random
 import subprocess
 import sys
 import time
@@ -29,12 +28,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from verl_espo.toy.assets import build_assets
+from verl_espo.toy.task import write_dataset
+
 __all__ = [
     "ALGOS",
-    "DATA_SOURCE",
     "SmokeResult",
-    "compute_score",
-    "write_data",
     "fast_poll_replay_buffer",
     "run_smoke",
     "summarise",
@@ -42,7 +41,6 @@ __all__ = [
 ]
 
 ALGOS = ("espo", "grpo", "gspo")
-DATA_SOURCE = "toy_math"
 
 # What the per-step line shows: (label, metric key) -- missing keys are skipped.
 _STEP_COLUMNS = (
@@ -59,52 +57,6 @@ _STEP_COLUMNS = (
     ("rollout_vs_actor_dp", "training/rollout_probs_diff_max"),
     ("step_s", "timing_s/step"),
 )
-
-
-# ----------------------------------------------------------------------------- task: data and reward
-def _problems(n: int, seed: int) -> list[tuple[int, str, int, int]]:
-    """``n`` one-digit problems ``a op b`` whose answer is a digit."""
-    table = [(a, op, b, a + b if op == "+" else a - b) for op in "+-" for a in range(10) for b in range(10)]
-    table = [p for p in table if 0 <= p[3] <= 9]
-    return random.Random(seed).choices(table, k=n)
-
-
-def write_data(out_dir: str | Path, n_train: int = 256, n_val: int = 16, seed: int = 0) -> tuple[Path, Path]:
-    """Write ``train.parquet`` / ``val.parquet`` in veRL's RL row format (prompt ``"3+4="``, answer ``7``)."""
-    import pandas as pd
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for split, n, split_seed in (("train", n_train, seed), ("val", n_val, seed + 1)):
-        rows = [
-            {
-                "data_source": DATA_SOURCE,
-                "prompt": [{"role": "user", "content": f"{a}{op}{b}="}],
-                "ability": "math",
-                "reward_model": {"style": "rule", "ground_truth": str(answer)},
-                "extra_info": {"split": split, "index": i},
-            }
-            for i, (a, op, b, answer) in enumerate(_problems(n, split_seed))
-        ]
-        path = out / f"{split}.parquet"
-        pd.DataFrame(rows).to_parquet(path, index=False)
-        paths.append(path)
-    return paths[0], paths[1]
-
-
-def _last_boxed(text: str) -> Optional[str]:
-    start = text.rfind("\\boxed{")
-    end = text.find("}", start)
-    return text[start + len("\\boxed{") : end].strip() if start >= 0 and end >= 0 else None
-
-
-def compute_score(
-    data_source: str, solution_str: str, ground_truth: str, extra_info: Optional[dict] = None, **kwargs: Any
-) -> dict[str, float]:
-    """Reward of the smoke task: 1 if the last ``\\boxed{}`` holds the answer, else 0 (veRL's signature)."""
-    correct = float(_last_boxed(solution_str) == str(ground_truth).strip())
-    return {"score": correct, "acc": correct}
 
 
 # ----------------------------------------------------------------------------- replay-buffer polling
@@ -172,21 +124,6 @@ def _env(out: Path) -> dict[str, str]:
     return env
 
 
-def _build_model(path: Path) -> None:
-    """:func:`~verl_espo.toy.assets.build_assets` on one torch thread: its warm-up is a tiny model, for
-    which a second thread only adds contention (20x slower on a loaded 2-core machine; same weights)."""
-    import torch
-
-    from verl_espo.toy.assets import build_assets
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        build_assets(path)
-    finally:
-        torch.set_num_threads(threads)
-
-
 def _read_records(path: Path, offset: int) -> tuple[list[dict], int]:
     """Complete JSON lines of veRL's file logger after byte ``offset``, and the new offset."""
     if not path.exists():
@@ -227,7 +164,7 @@ def _merge_by_step(records: list[dict]) -> list[dict[str, Any]]:
 
 def run_smoke(
     algo: str,
-    steps: int = 4,
+    steps: int = 40,
     out_dir: str | Path | None = None,
     overrides: Optional[list[str]] = None,
     *,
@@ -250,8 +187,8 @@ def run_smoke(
     model = Path(model_dir).resolve() if model_dir is not None else out / "model"
     if not (model / "config.json").exists():
         say(f"[smoke] building the tiny model in {model}")
-        _build_model(model)
-    train, val = write_data(out / "data")
+        build_assets(model)
+    train, val = write_dataset(out / "data")
     metrics = out / "metrics.jsonl"
     metrics.unlink(missing_ok=True)
     cmd = _command(algo, out, model, train, val, steps, list(overrides or []))
@@ -343,7 +280,7 @@ def _tail(path: Path, n: int) -> str:
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m verl_espo.smoke", description=__doc__.split("\n\n")[0])
     parser.add_argument("algo", choices=ALGOS)
-    parser.add_argument("--steps", type=int, default=4, help="training steps (default 4)")
+    parser.add_argument("--steps", type=int, default=40, help="training steps (default 40, about 9 minutes on 2 cores)")
     parser.add_argument("--out", default=None, help="work directory (default outputs/smoke/<algo>-<time>)")
     args, overrides = parser.parse_known_args(argv)  # everything else: Hydra overrides for main_ppo
     result = run_smoke(args.algo, args.steps, args.out, overrides)

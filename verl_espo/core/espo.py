@@ -116,7 +116,9 @@ class ESPOTerms:
     Attributes:
         pg_losses: ``(B, T)`` per-token loss ``l_t`` (Eq. 5 integrand, negated), zero at invalid tokens;
             carries the gradient.
-        group_weights: ``(B, T)`` ``1 / (K_row * n_g(t))`` at valid tokens, zero elsewhere (Eq. 5 weights).
+        row_losses: ``(B,)`` Eq. 5 value of each response, ``sum_g (1/K) (1/n_g) sum_{t in g} l_t`` (``K``
+            non-empty groups of sizes ``n_g``), zero for empty responses; carries the gradient.
+        row_valid: ``(B,)`` bool, responses with at least one valid token.
         high_mask: ``(B, T)`` bool, the high-entropy group (valid tokens only).
         group_sizes: ``(2, B)`` tokens per (group, row).
         group_log_ratio: ``(2, B)`` detached ``log s_g`` per (group, row), zero for empty groups.
@@ -130,7 +132,8 @@ class ESPOTerms:
     """
 
     pg_losses: torch.Tensor
-    group_weights: torch.Tensor
+    row_losses: torch.Tensor
+    row_valid: torch.Tensor
     high_mask: torch.Tensor
     group_sizes: torch.Tensor
     group_log_ratio: torch.Tensor
@@ -143,11 +146,11 @@ class ESPOTerms:
     num_valid: torch.Tensor
 
 
-def _group_means(values: torch.Tensor, high: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
-    """``(2, B)`` means of ``values`` (zero at invalid tokens) over the high and low group of each row."""
+def _group_sums(values: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+    """``(2, B)`` sums of ``values`` (zero at invalid tokens) over the high and low group of each row."""
     total = values.sum(dim=-1)
-    high_sum = (values * high).sum(dim=-1)
-    return torch.stack([high_sum, total - high_sum]) / sizes.clamp(min=1)
+    high_sum = torch.where(high, values, 0.0).sum(dim=-1)
+    return torch.stack([high_sum, total - high_sum])
 
 
 def _per_token(group_values: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
@@ -206,46 +209,52 @@ def espo_token_terms(
     high = high_mask.bool() & mask
 
     with torch.no_grad():
-        highf = high.to(dtype)
-        n_valid = mask.sum(dim=-1)
-        n_high = high.sum(dim=-1)
+        n_valid = torch.count_nonzero(mask, dim=-1)
+        n_high = torch.count_nonzero(high, dim=-1)
         group_sizes = torch.stack([n_high, n_valid - n_high])  # (2, B)
+        denom = group_sizes.clamp(min=1).to(dtype)
         delta = lp.detach() - old_lp
-        group_log_ratio = _group_means(delta, highf, group_sizes)  # Eq. 10
-        group_entropy = _group_means(torch.where(mask, old_entropy.to(dtype), zero), highf, group_sizes)
+        group_log_ratio = _group_sums(delta, high) / denom  # Eq. 10
+        group_entropy = _group_sums(torch.where(mask, old_entropy.to(dtype), zero), high) / denom
         if clip == "adaptive":
             eps_low = eps_high = alpha * group_entropy / math.log(vocab_size)  # Eq. 8
-            lower = 1.0 - _per_token(eps_low, high)
-            upper = 1.0 + _per_token(eps_high, high)
+            eps_tok = _per_token(eps_high, high)
+            lower, upper = 1.0 - eps_tok, 1.0 + eps_tok
         else:
-            eps_low = torch.full_like(group_entropy, float(clip_ratio_low))
-            eps_high = torch.full_like(group_entropy, float(clip_ratio_high))
+            eps_low = torch.full_like(group_log_ratio, float(clip_ratio_low))
+            eps_high = torch.full_like(group_log_ratio, float(clip_ratio_high))
             lower, upper = 1.0 - float(clip_ratio_low), 1.0 + float(clip_ratio_high)
         group_lr_tok = _per_token(group_log_ratio, high)
-        num_groups = (group_sizes > 0).sum(dim=0).clamp(min=1).to(dtype)  # K per row
-        group_weight = 1.0 / (num_groups * group_sizes.clamp(min=1).to(dtype))  # (2, B): 1 / (K n_g)
-        weights = torch.where(mask, _per_token(group_weight, high), zero)
 
     if ratio == "gspo_token":
         log_s = lp - lp.detach() + group_lr_tok  # value: the group ratio; gradient: through the token
     else:
         log_s = group_lr_tok + (lp - old_lp)  # Eq. 9 as printed
     s = torch.exp(torch.clamp(log_s, max=LOG_RATIO_CLAMP))
-    pg_losses = torch.maximum(-adv * s, -adv * torch.clamp(s, min=lower, max=upper))
+    neg_adv = -adv
+    pg_losses = torch.maximum(neg_adv * s, neg_adv * torch.clamp(s, min=lower, max=upper))
     if rollout_is_weights is not None:
         pg_losses = pg_losses * torch.where(mask, rollout_is_weights.to(dtype), zero)
 
+    # Eq. 5 per response: sum over non-empty groups of (1/K) * group mean of l_t.
+    num_groups = (group_sizes > 0).sum(dim=0).clamp(min=1).to(dtype)
+    row_losses = (_group_sums(pg_losses, high) / denom).sum(dim=0) / num_groups
+
     with torch.no_grad():
         s_det = s.detach()
-        clipped = torch.stack([(adv > 0) & (s_det > upper), (adv < 0) & (s_det < lower)])  # (2: upper/lower, B, T)
-        clip_total = clipped.flatten(1).sum(dim=-1)
-        clip_high = (clipped & high).flatten(1).sum(dim=-1)
-        clip_counts = torch.stack([clip_high, clip_total - clip_high])  # (2 groups, 2 bounds)
-        lost = (clipped.any(dim=0) | ((log_s.detach() > LOG_RATIO_CLAMP) & mask)).sum()
+        up = (adv > 0) & (s_det > upper)
+        down = (adv < 0) & (s_det < lower)
+        up_total, down_total = torch.count_nonzero(up), torch.count_nonzero(down)
+        up_high, down_high = torch.count_nonzero(up & high), torch.count_nonzero(down & high)
+        clip_counts = torch.stack(
+            [torch.stack([up_high, down_high]), torch.stack([up_total - up_high, down_total - down_high])]
+        )  # (2 groups, 2 bounds)
+        lost = torch.count_nonzero(up | down | ((log_s.detach() > LOG_RATIO_CLAMP) & mask))
 
     return ESPOTerms(
         pg_losses=pg_losses,
-        group_weights=weights,
+        row_losses=row_losses,
+        row_valid=n_valid > 0,
         high_mask=high,
         group_sizes=group_sizes,
         group_log_ratio=group_log_ratio,

@@ -139,10 +139,11 @@ def compute_policy_loss_espo(
 
     mask = response_mask.bool()
     if params.aggregation == "paper":
-        # Eq. 5: row value sum_g (1/K)(1/n_g) sum_t l_t; rows combined like seq-mean-token-sum.
+        # Eq. 5: each response's value sum_g (1/K)(1/n_g) sum_t l_t, combined across responses exactly as
+        # veRL's seq-mean-token-sum combines row sums (global batch size, dp size).
         loss = agg_loss(
-            loss_mat=terms.pg_losses * terms.group_weights,
-            loss_mask=mask,
+            loss_mat=terms.row_losses.unsqueeze(-1),
+            loss_mask=terms.row_valid.unsqueeze(-1),
             loss_agg_mode="seq-mean-token-sum",
             **config.global_batch_info,
         )

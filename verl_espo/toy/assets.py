@@ -1,28 +1,38 @@
 """A tiny Qwen2 model with random weights and a character-level tokenizer, built locally (no downloads).
 
 Used by the tests and by the bundled no-GPU default run. The tokenizer has one token per printable
-ASCII character plus ChatML special tokens, so any text round-trips and responses stay short.
+ASCII character plus special tokens for padding, end of turn and the chat roles, so any text round-trips
+and prompts and responses stay short.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import string
 from pathlib import Path
 
-__all__ = ["SPECIAL_TOKENS", "CHAT_TEMPLATE", "build_tokenizer", "build_tiny_model", "build_assets"]
+__all__ = ["SPECIAL_TOKENS", "CHAT_TEMPLATE", "build_tokenizer", "make_tiny_model", "build_tiny_model", "build_assets"]
 
-SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+logger = logging.getLogger(__name__)
 
+#: Padding, end of turn (the eos token) and one token per chat role.
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_end|>", "<|system|>", "<|user|>", "<|assistant|>"]
+
+#: A compact ChatML: ``<|user|>3+4=<|im_end|>\n<|assistant|>`` is 8 tokens. Role names as single tokens
+#: keep the operands close to the answer: a supervised probe learned the toy task about twice as fast
+#: as with spelled-out ``<|im_start|>user\n`` headers. Turns still end in ``<|im_end|>\n``, as veRL's Qwen
+#: continuous-token builder (chosen for ``model_type: qwen2``) expects at multi-turn boundaries.
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{{ '<|' + message['role'] + '|>' + message['content'] + '<|im_end|>' + '\n' }}"
     "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
 )
 
 
 def build_tokenizer(out_dir: str | Path):
-    """Write a character-level tokenizer with a ChatML template to ``out_dir``.
+    """Write a character-level tokenizer with a compact chat template to ``out_dir``.
 
     It is a byte-level BPE without merges (one token per printable ASCII character), the format of Qwen2's
     own tokenizer, so ``AutoTokenizer`` loads it as ``Qwen2Tokenizer`` next to a Qwen2 config and spaces and
@@ -44,15 +54,14 @@ def build_tokenizer(out_dir: str | Path):
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
         bos_token=None,
-        additional_special_tokens=["<|im_start|>"],
+        additional_special_tokens=SPECIAL_TOKENS[2:],
     )
     tokenizer.chat_template = CHAT_TEMPLATE
     tokenizer.save_pretrained(str(out_dir))
     return tokenizer
 
 
-def build_tiny_model(
-    out_dir: str | Path,
+def make_tiny_model(
     tokenizer,
     *,
     hidden_size: int = 64,
@@ -61,9 +70,10 @@ def build_tiny_model(
     num_kv_heads: int = 2,
     intermediate_size: int = 128,
     max_position_embeddings: int = 512,
+    tie_word_embeddings: bool = False,
     seed: int = 0,
 ):
-    """Write a randomly initialised ``Qwen2ForCausalLM`` sized for ``tokenizer`` to ``out_dir`` (fp32)."""
+    """A randomly initialised fp32 ``Qwen2ForCausalLM`` sized for ``tokenizer``."""
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
@@ -75,24 +85,75 @@ def build_tiny_model(
         num_attention_heads=num_heads,
         num_key_value_heads=num_kv_heads,
         max_position_embeddings=max_position_embeddings,
-        tie_word_embeddings=True,
+        tie_word_embeddings=tie_word_embeddings,
         bos_token_id=None,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         torch_dtype="float32",
     )
-    torch.manual_seed(seed)
-    model = Qwen2ForCausalLM(config)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = Qwen2ForCausalLM(config)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
+def build_tiny_model(out_dir: str | Path, tokenizer, **model_kwargs):
+    """Write a randomly initialised tiny ``Qwen2ForCausalLM`` (see :func:`make_tiny_model`) to ``out_dir``."""
+    model = make_tiny_model(tokenizer, **model_kwargs)
     model.save_pretrained(str(out_dir))
     return model
 
 
-def build_assets(out_dir: str | Path, **model_kwargs) -> Path:
-    """Tokenizer and tiny model in one directory, usable as ``actor_rollout_ref.model.path``."""
+def build_assets(
+    out_dir: str | Path,
+    *,
+    warmup_steps: int = 150,
+    warmup_lr: float = 3e-3,
+    echo_fraction: float = 0.5,
+    seed: int = 0,
+    **model_kwargs,
+) -> Path:
+    """Tokenizer and tiny model in one directory, usable as ``actor_rollout_ref.model.path``.
+
+    The model is random (``seed``), then warmed up for ``warmup_steps`` SFT steps (0 skips it) on the
+    answer format and on echoing a number into the box, but no arithmetic (:mod:`verl_espo.toy.warmup`),
+    so RL on :mod:`verl_espo.toy.task` starts at about 10% reward. ``model_kwargs`` go to
+    :func:`make_tiny_model`. What was built is recorded in ``toy_assets.json``. Offline, a few seconds on
+    2 CPU cores, and deterministic for a given seed. It runs on one torch thread: for a model this small a
+    second thread only adds contention (20x slower on a loaded 2-core machine, same weights).
+    """
+    import torch
+
+    from verl_espo.toy.warmup import format_warmup
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer(out)
-    build_tiny_model(out, tokenizer, **model_kwargs)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        model = make_tiny_model(tokenizer, seed=seed, **model_kwargs)
+        warmup = None
+        if warmup_steps:
+            warmup = format_warmup(
+                model, tokenizer, steps=warmup_steps, lr=warmup_lr, echo_fraction=echo_fraction, seed=seed
+            )
+    finally:
+        torch.set_num_threads(threads)
+    model.save_pretrained(str(out))
+    record = {
+        "seed": seed,
+        "model": {k: getattr(model.config, k) for k in _RECORDED_CONFIG},
+        "num_parameters": model.num_parameters(),
+        "warmup": warmup,
+    }
+    (out / "toy_assets.json").write_text(json.dumps(record, indent=2) + "\n")
+    logger.info("toy assets in %s: %d parameters, warm-up %s", out, record["num_parameters"], warmup)
     return out
+
+
+_RECORDED_CONFIG = (
+    "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+)
