@@ -134,7 +134,9 @@ def main() -> None:
     print(f"device {summary['device']}, batch {args.rows} x {args.tokens}, {args.dtype}, forward+backward:")
     for name, r in results.items():
         extra = f", CUDA peak +{r['cuda_peak_extra_BT']:.1f} (B,T)" if "cuda_peak_extra_BT" in r else ""
-        print(f"  {name:8s} {r['median_ms']:9.2f} ms   saved for backward {r['saved_for_backward_BT']:.2f} (B,T){extra}")
+        print(
+            f"  {name:8s} {r['median_ms']:9.2f} ms   saved for backward {r['saved_for_backward_BT']:.2f} (B,T){extra}"
+        )
     print(f"ESPO / gspo    = {summary['espo_over_gspo']:.2f}x")
     print(f"ESPO / vanilla = {summary['espo_over_vanilla']:.2f}x")
     if args.json:

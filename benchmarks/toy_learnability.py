@@ -52,8 +52,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=1, help="PPO epochs per step (ppo_epochs)")
     p.add_argument("--tie", action="store_true", help="tie input and output embeddings")
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--lr-warmup", type=int, default=0,
-                   help="linear lr warm-up steps as veRL's optim.lr_warmup_steps (lr x step/warmup, from 0)")
+    p.add_argument(
+        "--lr-warmup",
+        type=int,
+        default=0,
+        help="linear lr warm-up steps as veRL's optim.lr_warmup_steps (lr x step/warmup, from 0)",
+    )
     p.add_argument("--clip", type=float, default=0.2)
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--max-response", type=int, default=16)
@@ -94,8 +98,12 @@ def rollout(model, tokenizer, contents: list[str], n: int, max_new: int, tempera
     if temperature:
         sampling = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0)
     out = model.generate(
-        input_ids=prompt_ids, attention_mask=prompt_mask, max_new_tokens=max_new, **sampling,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        input_ids=prompt_ids,
+        attention_mask=prompt_mask,
+        max_new_tokens=max_new,
+        **sampling,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
     )
     response = out[:, prompt_ids.shape[1] :]
     is_eos = (response == tokenizer.eos_token_id).int()
@@ -178,8 +186,14 @@ def grpo_step(model, tokenizer, optimizer, rows: pd.DataFrame, args: argparse.Na
     with torch.no_grad():
         old_logp, entropy = token_log_probs(model, ids, attn, plen, args.temperature)
     mask = resp_mask.float()
-    batch = {"ids": ids, "attn": attn, "mask": mask, "old_logp": old_logp, "prompt_len": plen,
-             "adv": grpo_advantages(torch.tensor(rewards), args.n)}
+    batch = {
+        "ids": ids,
+        "attn": attn,
+        "mask": mask,
+        "old_logp": old_logp,
+        "prompt_len": plen,
+        "adv": grpo_advantages(torch.tensor(rewards), args.n),
+    }
     ppo_update(model, optimizer, batch, args)
     return {
         "reward": sum(rewards) / len(rewards),
@@ -196,8 +210,14 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="toy_learnability_"))
     t0 = time.perf_counter()
     model_dir = args.model or build_assets(
-        tmp / "model", warmup_steps=args.warmup_steps, echo_fraction=args.echo_fraction, seed=args.asset_seed,
-        hidden_size=args.hidden, intermediate_size=2 * args.hidden, num_layers=args.layers, num_heads=args.heads,
+        tmp / "model",
+        warmup_steps=args.warmup_steps,
+        echo_fraction=args.echo_fraction,
+        seed=args.asset_seed,
+        hidden_size=args.hidden,
+        intermediate_size=2 * args.hidden,
+        num_layers=args.layers,
+        num_heads=args.heads,
         tie_word_embeddings=args.tie,
     )
     build_s = time.perf_counter() - t0
@@ -209,8 +229,10 @@ def main() -> None:
     order = list(range(len(train)))
     random.Random(args.seed).shuffle(order)  # veRL's dataloader shuffles too
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
-    print(f"assets: {model_dir} ({model.num_parameters()} params, built in {build_s:.1f}s); "
-          f"{args.prompts} prompts x {args.n} samples per step, lr {args.lr}")
+    print(
+        f"assets: {model_dir} ({model.num_parameters()} params, built in {build_s:.1f}s); "
+        f"{args.prompts} prompts x {args.n} samples per step, lr {args.lr}"
+    )
     print("step  reward  format  entropy  val_acc  table_acc   sec")
 
     curve: dict = {"step": [], "reward": [], "format": [], "entropy": [], "val": {}, "table": {}}
@@ -235,10 +257,12 @@ def main() -> None:
 
     k = max(1, args.steps // 5)
     first, last = sum(curve["reward"][:k]) / k, sum(curve["reward"][-k:]) / k
-    print(f"train reward: first {k} steps {first:.3f} -> last {k} steps {last:.3f}; "
-          f"val acc {curve['val'][0]:.3f} -> {curve['val'][args.steps]:.3f}; "
-          f"table acc {curve['table'][0]:.3f} -> {curve['table'][args.steps]:.3f}; "
-          f"RL {time.perf_counter() - start:.0f}s")
+    print(
+        f"train reward: first {k} steps {first:.3f} -> last {k} steps {last:.3f}; "
+        f"val acc {curve['val'][0]:.3f} -> {curve['val'][args.steps]:.3f}; "
+        f"table acc {curve['table'][0]:.3f} -> {curve['table'][args.steps]:.3f}; "
+        f"RL {time.perf_counter() - start:.0f}s"
+    )
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "build_s": build_s, **curve}, indent=1))
 

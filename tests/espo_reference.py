@@ -85,7 +85,7 @@ def reference_espo(
         row_tokens = []
         for g in groups:
             n = len(g)
-            group_lr = sum(float(log_prob[i, t]) - float(old_log_prob[i, t]) for t in g) / n  # detached, Eq. 10
+            group_lr = sum(float(log_prob[i, t].detach()) - float(old_log_prob[i, t]) for t in g) / n  # detached, Eq. 10
             if clip == "adaptive":
                 e = alpha * (sum(float(entropy[i, t]) for t in g) / n) / math.log(vocab_size)
                 lo, hi = 1 - e, 1 + e

@@ -33,8 +33,17 @@ _port = iter(range(29600, 29700))
 def run_actor_step(model: str, tmp_path: Path, nproc: int, *overrides: str) -> dict:
     out = tmp_path / f"report_{nproc}_{abs(hash(overrides))}.json"
     cmd = [
-        sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--master_port={next(_port)}",
-        str(SCRIPT), "--model", model, "--out", str(out), *overrides,
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc_per_node={nproc}",
+        f"--master_port={next(_port)}",
+        str(SCRIPT),
+        "--model",
+        model,
+        "--out",
+        str(out),
+        *overrides,
     ]
     env = {**os.environ, "VERL_PLATFORM": "cpu", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
@@ -45,10 +54,24 @@ def run_actor_step(model: str, tmp_path: Path, nproc: int, *overrides: str) -> d
 ESPO_METRICS = [
     f"actor/espo/{group}/{name}"
     for group in ("high", "low")
-    for name in ("token_frac", "group_size_mean", "clipfrac_upper", "clipfrac_lower", "eps_mean", "entropy_mean",
-                 "log_ratio_abs_mean", "log_ratio_abs_max")
-] + ["actor/espo/num_groups_mean", "actor/espo/grad_utilization", "actor/espo/old_entropy", "actor/pg_clipfrac",
-     "actor/ppo_kl", "actor/pg_loss"]
+    for name in (
+        "token_frac",
+        "group_size_mean",
+        "clipfrac_upper",
+        "clipfrac_lower",
+        "eps_mean",
+        "entropy_mean",
+        "log_ratio_abs_mean",
+        "log_ratio_abs_max",
+    )
+] + [
+    "actor/espo/num_groups_mean",
+    "actor/espo/grad_utilization",
+    "actor/espo/old_entropy",
+    "actor/pg_clipfrac",
+    "actor/ppo_kl",
+    "actor/pg_loss",
+]
 
 
 def check_report(report: dict) -> None:

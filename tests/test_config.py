@@ -8,11 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import verl  # noqa: F401
 from hydra import compose, initialize_config_module
 from hydra.errors import ConfigCompositionException, InstantiationException
 from omegaconf import OmegaConf, open_dict
-
-import verl  # noqa: F401
 from verl.utils.config import omega_conf_to_dataclass
 
 from verl_espo.config import ESPOConfig, ESPOPolicyLossConfig
@@ -54,7 +53,12 @@ def test_overrides_need_no_plus_and_are_typed():
     )
     espo = actor_dataclass(cfg).policy_loss.espo
     assert (espo.alpha, espo.high_entropy_ratio, espo.grouping, espo.ratio, espo.clip, espo.aggregation) == (
-        0.05, 0.4, "batch", "literal", "fixed", "actor"
+        0.05,
+        0.4,
+        "batch",
+        "literal",
+        "fixed",
+        "actor",
     )
     assert espo.vocab_size == 151936
 
@@ -128,10 +132,16 @@ def test_trainer_requires_the_plugin_loss_config():
 def test_stock_cli_rejects_bad_values_before_starting_ray():
     """`python -m verl.trainer.main_ppo` fails in its config validation, with the key in the message."""
     cmd = [
-        sys.executable, "-m", "verl.trainer.main_ppo", "--config-path=pkg://verl_espo.config",
-        "--config-name=espo_trainer", "actor_rollout_ref.actor.policy_loss.espo.alpha=-1",
-        "actor_rollout_ref.model.path=/nonexistent", "actor_rollout_ref.actor.strategy=fsdp2",
-        "actor_rollout_ref.rollout.name=vllm", "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=1",
+        sys.executable,
+        "-m",
+        "verl.trainer.main_ppo",
+        "--config-path=pkg://verl_espo.config",
+        "--config-name=espo_trainer",
+        "actor_rollout_ref.actor.policy_loss.espo.alpha=-1",
+        "actor_rollout_ref.model.path=/nonexistent",
+        "actor_rollout_ref.actor.strategy=fsdp2",
+        "actor_rollout_ref.rollout.name=vllm",
+        "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=1",
         "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=1",
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "RAY_ADDRESS": ""})

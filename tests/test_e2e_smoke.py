@@ -102,7 +102,9 @@ def test_rollout_weights_follow_every_update(espo_run):
     # the weights of the latest update (dummy-initialised at start, so the first sync is checked too).
     for step in _train_steps(espo_run):
         assert step["training/rollout_probs_diff_max"] < SYNC_TOLERANCE, step["step"]
-    synced = re.findall(r"hf rollout: synced (\d+) tensors to replica 0 \(step (\d+)\)", Path(espo_run.out_dir, "train.log").read_text())
+    synced = re.findall(
+        r"hf rollout: synced (\d+) tensors to replica 0 \(step (\d+)\)", Path(espo_run.out_dir, "train.log").read_text()
+    )
     assert [int(s) for _, s in synced] == list(range(0, STEPS + 1))  # initial sync + one after every update
     assert len({n for n, _ in synced}) == 1
 

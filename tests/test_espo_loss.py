@@ -7,10 +7,9 @@ from fractions import Fraction
 
 import pytest
 import torch
+import verl  # noqa: F401  (loads the plugin through the entry point)
 from conftest import make_actor_config, random_batch
 from espo_reference import reference_batch_threshold, reference_espo, reference_high_sets
-
-import verl  # noqa: F401  (loads the plugin through the entry point)
 from verl.trainer.ppo.core_algos import get_policy_loss_fn
 
 from verl_espo.core.espo import (
@@ -156,7 +155,13 @@ def test_rollout_is_weights_multiply_token_losses():
     w = torch.rand(6, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) + 0.5
     lp = batch["log_prob"].clone().requires_grad_(True)
     loss, _ = espo_loss(
-        batch["old_log_prob"], lp, batch["advantages"], batch["response_mask"], "token-mean", config, w,
+        batch["old_log_prob"],
+        lp,
+        batch["advantages"],
+        batch["response_mask"],
+        "token-mean",
+        config,
+        w,
         old_entropy=batch["old_entropy"],
     )
     loss.backward()
@@ -198,7 +203,12 @@ def test_non_finite_padding_does_not_leak():
     clean = random_batch(B=6, T=10, seed=6, dtype=torch.float32)
     dirty = {k: v.clone() for k, v in clean.items()}
     pad = ~clean["response_mask"]
-    for key, value in (("log_prob", -math.inf), ("old_log_prob", math.nan), ("advantages", math.inf), ("old_entropy", math.nan)):
+    for key, value in (
+        ("log_prob", -math.inf),
+        ("old_log_prob", math.nan),
+        ("advantages", math.inf),
+        ("old_entropy", math.nan),
+    ):
         dirty[key][pad] = value
     loss_c, grad_c, _ = _loss_and_grad(clean, config)
     loss_d, grad_d, _ = _loss_and_grad(dirty, config)
@@ -242,7 +252,9 @@ def test_single_group_fixed_clip_equals_verl_gspo():
     lp1 = batch["log_prob"].clone().requires_grad_(True)
     lp2 = batch["log_prob"].clone().requires_grad_(True)
     loss1, m1 = _call({**batch, "log_prob": lp1}, config)
-    loss2, m2 = gspo(batch["old_log_prob"], lp2, batch["advantages"], batch["response_mask"], "seq-mean-token-mean", config)
+    loss2, m2 = gspo(
+        batch["old_log_prob"], lp2, batch["advantages"], batch["response_mask"], "seq-mean-token-mean", config
+    )
     loss1.backward()
     loss2.backward()
     torch.testing.assert_close(loss1, loss2, rtol=1e-6, atol=1e-7)
@@ -252,7 +264,9 @@ def test_single_group_fixed_clip_equals_verl_gspo():
     assert m1["actor/espo/low/token_frac"] == 0.0
 
 
-@pytest.mark.parametrize("aggregation,mode", [("paper", "token-mean"), ("actor", "token-mean"), ("actor", "seq-mean-token-mean")])
+@pytest.mark.parametrize(
+    "aggregation,mode", [("paper", "token-mean"), ("actor", "token-mean"), ("actor", "seq-mean-token-mean")]
+)
 def test_micro_batch_and_data_parallel_splits_do_not_change_the_loss(aggregation, mode):
     config = make_actor_config(aggregation=aggregation, loss_agg_mode=mode)
     batch = random_batch(B=8, T=10, seed=13)
@@ -325,7 +339,9 @@ def test_missing_old_entropy_says_how_to_enable_it():
     config = make_actor_config()
     batch = random_batch()
     with pytest.raises(MissingOldEntropyError, match="trainer_mode=espo_sync"):
-        espo_loss(batch["old_log_prob"], batch["log_prob"], batch["advantages"], batch["response_mask"], "token-mean", config)
+        espo_loss(
+            batch["old_log_prob"], batch["log_prob"], batch["advantages"], batch["response_mask"], "token-mean", config
+        )
 
 
 def test_batch_grouping_needs_the_trainer_threshold():
@@ -340,8 +356,15 @@ def test_bad_inputs_are_rejected():
     with pytest.raises(ValueError, match="old_entropy has shape"):
         _call({**batch, "old_entropy": batch["old_entropy"][:, :-1]}, config)
     with pytest.raises(ValueError, match="needs the actor config"):
-        espo_loss(batch["old_log_prob"], batch["log_prob"], batch["advantages"], batch["response_mask"], "token-mean", None,
-                  old_entropy=batch["old_entropy"])
+        espo_loss(
+            batch["old_log_prob"],
+            batch["log_prob"],
+            batch["advantages"],
+            batch["response_mask"],
+            "token-mean",
+            None,
+            old_entropy=batch["old_entropy"],
+        )
 
 
 def test_vocab_size_comes_from_the_model_config():

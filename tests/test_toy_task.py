@@ -134,8 +134,11 @@ def test_tokenizer_specials_and_chat_template(tokenizer):
     ids = tokenizer.encode(prompt, add_special_tokens=False)
     assert len(ids) == 8
     assert tokenizer.convert_ids_to_tokens(ids)[0] == "<|user|>"
-    chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "1+1="},
-            {"role": "assistant", "content": r"\boxed{2}"}]
+    chat = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "1+1="},
+        {"role": "assistant", "content": r"\boxed{2}"},
+    ]
     text = tokenizer.apply_chat_template(chat, tokenize=False)
     assert text == "<|system|>Be brief.<|im_end|>\n<|user|>1+1=<|im_end|>\n<|assistant|>\\boxed{2}<|im_end|>\n"
     full = tokenizer.encode(text, add_special_tokens=False)
@@ -152,15 +155,22 @@ def test_build_assets_loads_and_generates(assets):
     record = json.loads((path / "toy_assets.json").read_text())
     assert record["warmup"]["steps"] > 0 and record["num_parameters"] == model.num_parameters()
     prompt = tokenizer(chat_prompt(tokenizer, "3+4="), return_tensors="pt", add_special_tokens=False)
-    out = model.generate(**prompt, max_new_tokens=16, do_sample=True, temperature=1.0, top_k=0,
-                         num_return_sequences=4, pad_token_id=tokenizer.pad_token_id)
+    out = model.generate(
+        **prompt,
+        max_new_tokens=16,
+        do_sample=True,
+        temperature=1.0,
+        top_k=0,
+        num_return_sequences=4,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     assert out.shape[0] == 4 and out.shape[1] > prompt["input_ids"].shape[1]
 
 
 def greedy(model, tokenizer, content: str) -> str:
     prompt = tokenizer(chat_prompt(tokenizer, content), return_tensors="pt", add_special_tokens=False)
     out = model.generate(**prompt, max_new_tokens=16, do_sample=False, pad_token_id=tokenizer.pad_token_id)
-    return tokenizer.decode(out[0, prompt["input_ids"].shape[1]:])
+    return tokenizer.decode(out[0, prompt["input_ids"].shape[1] :])
 
 
 def test_warmed_up_model_has_the_format_but_not_the_arithmetic(assets):
@@ -168,8 +178,9 @@ def test_warmed_up_model_has_the_format_but_not_the_arithmetic(assets):
     responses = {p: greedy(model, tokenizer, p.prompt) for p in all_problems()}
     formatted = [r for r in responses.values() if re.fullmatch(r"\\boxed\{\d\}<\|im_end\|>", r)]
     assert len(formatted) >= 0.9 * len(responses), responses
-    correct = sum(compute_score(DATA_SOURCE, r.removesuffix("<|im_end|>"), p.ground_truth)["acc"]
-                  for p, r in responses.items())
+    correct = sum(
+        compute_score(DATA_SOURCE, r.removesuffix("<|im_end|>"), p.ground_truth)["acc"] for p, r in responses.items()
+    )
     assert correct / len(responses) < 0.35  # near chance (0.1): RL has the rest to learn
     assert greedy(model, tokenizer, "7=") == "\\boxed{7}<|im_end|>"  # the echo half of the warm-up
 

@@ -9,7 +9,7 @@ from verl_espo._compat import check_verl_version
 
 check_verl_version()
 
-import verl_espo.platform  # noqa: E402,F401  platform: cpu (active with VERL_PLATFORM=cpu)
 import verl_espo.losses  # noqa: E402,F401  policy losses: espo
-import verl_espo.trainer  # noqa: E402,F401  V1 trainers: espo_sync
+import verl_espo.platform  # noqa: E402,F401  platform: cpu (active with VERL_PLATFORM=cpu)
 import verl_espo.rollout  # noqa: E402,F401  rollout backends: hf
+import verl_espo.trainer  # noqa: E402,F401  V1 trainers: espo_sync

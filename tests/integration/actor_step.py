@@ -123,8 +123,11 @@ def main() -> None:
         gathered = [None] * world
         dist.all_gather_object(gathered, entropy.values())
         values = torch.cat(gathered)
-        threshold = batch_entropy_threshold(values, torch.ones_like(values, dtype=torch.bool),
-                                            cfg.actor_rollout_ref.actor.policy_loss.espo.high_entropy_ratio)
+        threshold = batch_entropy_threshold(
+            values,
+            torch.ones_like(values, dtype=torch.bool),
+            cfg.actor_rollout_ref.actor.policy_loss.espo.high_entropy_ratio,
+        )
         tu.assign_non_tensor(data, **{ENTROPY_THRESHOLD_KEY: threshold})
     tu.assign_non_tensor(
         data,
@@ -149,7 +152,9 @@ def main() -> None:
     if rank == 0:
         from verl.utils.metric import reduce_metrics
 
-        reduced = {k: float(v) for k, v in reduce_metrics(metrics).items() if isinstance(v, (int, float)) or hasattr(v, "item")}
+        reduced = {
+            k: float(v) for k, v in reduce_metrics(metrics).items() if isinstance(v, (int, float)) or hasattr(v, "item")
+        }
         report = {
             "world_size": world,
             "metrics": reduced,

@@ -218,6 +218,7 @@ def _register_cpu_engines() -> None:
             except AssertionError:  # already registered in this process
                 pass
 
+
 _installed = False
 
 

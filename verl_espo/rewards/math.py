@@ -121,9 +121,7 @@ def score_boxed(solution_str: str, ground_truth: str, strict: bool = False) -> d
 
 def _is_verl_source(data_source: str) -> bool:
     """Whether ``data_source`` matches :data:`VERL_DATA_SOURCES`."""
-    return any(
-        data_source.startswith(s[:-1]) if s.endswith("*") else data_source == s for s in VERL_DATA_SOURCES
-    )
+    return any(data_source.startswith(s[:-1]) if s.endswith("*") else data_source == s for s in VERL_DATA_SOURCES)
 
 
 def compute_score(

@@ -18,7 +18,6 @@ from typing import Any, AsyncIterator, Iterable, Optional
 
 import ray
 import torch
-
 from verl.workers.rollout.base import BaseRollout
 from verl.workers.rollout.utils import ensure_async_iterator
 
@@ -38,9 +37,7 @@ class ServerAdapter(BaseRollout):
         rank = int(os.environ.get("RANK", "0"))
         local_world_size = int(os.environ.get("RAY_LOCAL_WORLD_SIZE", os.environ.get("LOCAL_WORLD_SIZE", "1")))
         cfg = self.config
-        rollout_world_size = (
-            cfg.tensor_model_parallel_size * cfg.data_parallel_size * cfg.pipeline_model_parallel_size
-        )
+        rollout_world_size = cfg.tensor_model_parallel_size * cfg.data_parallel_size * cfg.pipeline_model_parallel_size
         self.replica_rank = rank // rollout_world_size if replica_rank == -1 else replica_rank
         self.rollout_rank = rank % rollout_world_size
         per_node = max(1, min(local_world_size, rollout_world_size))
@@ -101,7 +98,10 @@ class ServerAdapter(BaseRollout):
         await server.finish_weight_update.remote(global_steps)
         logger.info(
             "hf rollout: synced %d tensors to replica %d (step %s) in %.2fs",
-            sent, self.replica_rank, global_steps, time.time() - start,
+            sent,
+            self.replica_rank,
+            global_steps,
+            time.time() - start,
         )
 
     def generate_sequences(self, prompts: Any) -> Any:

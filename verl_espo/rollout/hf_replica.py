@@ -11,7 +11,6 @@ import asyncio
 
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
 from verl.workers.rollout.replica import RolloutReplica
 
 from verl_espo.rollout.hf_server import HFRolloutServer, server_actor_name

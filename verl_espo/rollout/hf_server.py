@@ -91,7 +91,6 @@ class HFRolloutServer:
         """Build the model (real weights, or a random init for ``load_format=dummy*``: the trainer syncs its
         weights before the first rollout). Returns the server's address key."""
         from transformers import AutoModelForCausalLM, GenerationConfig
-
         from verl.utils.torch_dtypes import PrecisionType
 
         dtype = PrecisionType.to_dtype(self.config.dtype)
