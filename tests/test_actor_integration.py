@@ -1,4 +1,4 @@
-"""ESPO through veRL's real FSDP2 actor worker on CPU (gloo), at one and two data-parallel ranks.
+"""ESPO, EGSPO and CHORD through veRL's real FSDP2 actor worker on CPU (gloo), at one and two data-parallel ranks.
 
 Each case runs ``tests/integration/actor_step.py`` under ``torchrun``: the plugin's Hydra config is
 instantiated, ``ActorRolloutRefWorker`` builds the FSDP2 engine, the loss is installed with
@@ -30,8 +30,8 @@ def tiny_model(tmp_path_factory):
 _port = iter(range(29600, 29700))
 
 
-def run_actor_step(model: str, tmp_path: Path, nproc: int, *overrides: str) -> dict:
-    out = tmp_path / f"report_{nproc}_{abs(hash(overrides))}.json"
+def run_actor_step(model: str, tmp_path: Path, nproc: int, *overrides: str, options: tuple[str, ...] = ()) -> dict:
+    out = tmp_path / f"report_{nproc}_{abs(hash(overrides + options))}.json"
     cmd = [
         sys.executable,
         "-m",
@@ -43,6 +43,7 @@ def run_actor_step(model: str, tmp_path: Path, nproc: int, *overrides: str) -> d
         model,
         "--out",
         str(out),
+        *options,
         *overrides,
     ]
     env = {**os.environ, "VERL_PLATFORM": "cpu", "OMP_NUM_THREADS": "1"}
@@ -106,3 +107,49 @@ def test_espo_batch_grouping_with_remove_padding(tiny_model, tmp_path):
     assert "actor/espo/entropy_threshold" in one["metrics"]
     assert math.isfinite(one["metrics"]["actor/espo/entropy_threshold"])
     assert two["metrics"]["actor/pg_loss"] == pytest.approx(one["metrics"]["actor/pg_loss"], rel=1e-5, abs=1e-7)
+
+
+HYBRID_METRICS = [
+    "actor/hybrid/mu",
+    "actor/hybrid/rl_loss",
+    "actor/hybrid/sft_loss",
+    "actor/hybrid/sft_weight_mean",
+    "actor/hybrid/expert_nll",
+    "actor/pg_clipfrac",
+    "actor/ppo_kl",
+    "actor/pg_loss",
+]
+EGSPO_METRICS = [
+    "actor/egspo/high_token_frac",
+    "actor/egspo/weight_mean",
+    "actor/egspo/phi_mean_low",
+    "actor/egspo/low_neg_adv_frac",
+    "actor/egspo/entropy_threshold",
+    "actor/egspo/old_entropy",
+]
+
+
+@pytest.mark.parametrize("algo", ["egspo", "chord"])
+def test_hybrid_actor_step_mixes_expert_rows_and_is_invariant_to_data_parallel_size(tiny_model, tmp_path, algo):
+    # Expert rows 1, 2, 3 of 8: at dp=2 rank 0 holds all three (micro-batches of 2: one with one expert row, one
+    # with two) and rank 1 none; at dp=1 they are spread over micro-batches with and without expert rows.
+    options = ("--config-name", f"{algo}_trainer", "--experts", "1,2,3", "--mu", "0.3")
+    one = run_actor_step(tiny_model, tmp_path, 1, options=options)
+    two = run_actor_step(tiny_model, tmp_path, 2, options=options)
+    expected = HYBRID_METRICS + (EGSPO_METRICS if algo == "egspo" else [])
+    for report in (one, two):
+        metrics = report["metrics"]
+        assert not [k for k in expected if k not in metrics], sorted(metrics)
+        assert report["finite"] and metrics["grad_norm"] > 0 and report["max_log_prob_change"] > 0
+        assert metrics["actor/hybrid/mu"] == pytest.approx(0.3)
+        # The loss is the CHORD mix of its two parts, each normalised over the whole batch.
+        mixed = 0.7 * metrics["actor/hybrid/rl_loss"] + 0.3 * metrics["actor/hybrid/sft_loss"]
+        assert metrics["actor/pg_loss"] == pytest.approx(mixed, rel=1e-6, abs=1e-9)
+        assert metrics["actor/hybrid/sft_loss"] > 0  # -phi * log p > 0 on expert tokens
+    assert two["world_size"] == 2
+    for key in ("actor/pg_loss", "actor/hybrid/rl_loss", "actor/hybrid/sft_loss"):
+        assert two["metrics"][key] == pytest.approx(one["metrics"][key], rel=1e-5, abs=1e-8), key
+    assert two["metrics"]["grad_norm"] == pytest.approx(one["metrics"]["grad_norm"], rel=1e-4)
+    if algo == "egspo":
+        assert one["metrics"]["actor/egspo/entropy_threshold"] == two["metrics"]["actor/egspo/entropy_threshold"]
+        assert 0.0 < one["metrics"]["actor/egspo/high_token_frac"] < 1.0

@@ -32,7 +32,7 @@ def actor_dataclass(cfg):
 
 def test_espo_trainer_composes_on_top_of_ppo_trainer():
     cfg = compose_espo()
-    assert cfg.trainer.v1.trainer_mode == "espo_sync"
+    assert cfg.trainer.v1.trainer_mode == "plugin_sync"
     assert cfg.algorithm.adv_estimator == "grpo"
     assert cfg.actor_rollout_ref.actor.policy_loss.loss_mode == "espo"
     assert "critic" in cfg and "data" in cfg  # the rest of veRL's ppo_trainer is there
@@ -125,7 +125,7 @@ def test_trainer_requires_the_plugin_loss_config():
         cfg.actor_rollout_ref.actor.strategy = "fsdp2"
         cfg.actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu = 1
         del cfg.actor_rollout_ref.actor.policy_loss["espo"]
-    with pytest.raises(ValueError, match="ESPOPolicyLossConfig"):
+    with pytest.raises(ValueError, match="PluginPolicyLossConfig"):
         check_trainer_config(cfg)
 
 

@@ -12,6 +12,8 @@ from conftest import make_actor_config, random_batch
 from espo_reference import reference_batch_threshold, reference_espo, reference_high_sets
 from verl.trainer.ppo.core_algos import get_policy_loss_fn
 
+from verl_espo.losses.errors import MissingLossInputError
+
 from verl_espo.core.espo import (
     batch_entropy_threshold,
     high_entropy_count,
@@ -346,7 +348,7 @@ def test_missing_old_entropy_says_how_to_enable_it():
 
 def test_batch_grouping_needs_the_trainer_threshold():
     config = make_actor_config(grouping="batch")
-    with pytest.raises(ValueError, match="grouping=batch needs the step-level entropy threshold"):
+    with pytest.raises(MissingLossInputError, match="grouping=batch needs the step-level entropy threshold"):
         _call(random_batch(), config)
 
 

@@ -1,15 +1,17 @@
-"""The project's math reward (``verl_espo.rewards.math``): extraction, normalisation, dispatch, loading."""
+"""The project's math reward (``verl_espo.rewards.math``): extraction, normalisation, scoring, loading.
+
+The math-verify equivalence cases (fractions, LaTeX forms, units, multiple boxes, threads) are in
+``tests/test_reward_verify.py``.
+"""
 
 from __future__ import annotations
 
-import importlib.util
+import builtins
 
 import pytest
 
 from verl_espo.rewards import math as reward
 from verl_espo.rewards.math import compute_score, is_equiv, last_boxed, normalize_answer, score_boxed
-
-HAS_MATH_VERIFY = importlib.util.find_spec("math_verify") is not None
 
 
 @pytest.mark.parametrize(
@@ -90,26 +92,38 @@ def test_toy_task_is_scored_strictly():
     assert score_boxed(r"\boxed{7}x", "7", strict=True)["pred"] == "7"
 
 
-@pytest.mark.skipif(HAS_MATH_VERIFY, reason="checks the behaviour without the optional math_verify")
-def test_without_math_verify_only_string_equivalence():
-    assert not is_equiv("1/2", "0.5")
-    assert is_equiv("0.50", ".5")
-
-
-@pytest.mark.skipif(not HAS_MATH_VERIFY, reason="math_verify is optional")
 def test_math_verify_equivalence():
     assert is_equiv(r"\dfrac12", "0.5")
+    assert is_equiv("1/2", "0.5")
     assert not is_equiv("3", "4")
 
 
-def test_verl_sources_are_dispatched_to_default_compute_score():
-    assert reward._is_verl_source("math_dapo") and reward._is_verl_source("aime2025")
-    assert reward._is_verl_source("openai/gsm8k") and not reward._is_verl_source("toy_arithmetic")
-    # math_dapo scores +-1 and reads "Answer: ..." (veRL's own scorer, unchanged).
-    dapo = compute_score("aime2024", "Answer: 7", "7")
-    assert dapo["score"] == 1.0 and dapo["acc"] is True
-    assert compute_score("math_dapo", "Answer: 6", "7")["score"] == -1.0
-    assert compute_score("openai/gsm8k", "so #### 72", "72") == 1.0
+def test_every_non_toy_source_is_scored_on_the_boxed_answer_with_math_verify():
+    """No dispatch to veRL's per-source scorers: GSM8K's '####' and DAPO's 'Answer:' are not answers here."""
+    for source in ("openai/gsm8k", "math_dapo", "aime2024", "HuggingFaceH4/MATH-500", "simplerl_zoo"):
+        assert compute_score(source, r"so \boxed{\frac{1}{2}}", "0.5") == {
+            "score": 1.0,
+            "acc": True,
+            "pred": r"\frac{1}{2}",
+        }
+        assert compute_score(source, r"\boxed{6}", "7") == {"score": 0.0, "acc": False, "pred": "6"}
+        assert compute_score(source, "Answer: 7", "7")["score"] == 0.0
+        assert compute_score(source, "so #### 72", "72")["score"] == 0.0
+
+
+def test_toy_task_does_not_need_math_verify(monkeypatch):
+    """The CPU smoke runs score the toy task without math-verify; other sources say how to install it."""
+    real_import = builtins.__import__
+
+    def no_math_verify(name, *args, **kwargs):
+        if name == "math_verify" or name.startswith("math_verify."):
+            raise ImportError("No module named 'math_verify'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_math_verify)
+    assert compute_score("toy_arithmetic", r"\boxed{7}", "7")["acc"]
+    with pytest.raises(ImportError, match=r"math-verify\[antlr4_9_3\]"):
+        compute_score("math500", r"\boxed{7}", "7")
 
 
 @pytest.mark.parametrize("how", ["pkg", "file"])

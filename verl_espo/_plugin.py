@@ -1,15 +1,24 @@
 """Target of the ``verl.plugins`` entry point: veRL imports it in every process that imports ``verl``
 (driver, TaskRunner, Ray workers). Importing it registers everything the plugin adds to veRL.
 
-veRL logs entry-point errors at DEBUG level only; the version check therefore logs its own error first.
-The platform registers first: some veRL modules ask for the platform when they are imported.
+The version check runs first: with an unsupported veRL it logs an ERROR and raises, and nothing registers.
+Then each piece registers on its own (:func:`verl_espo._compat.register_pieces`): a piece that a veRL
+change breaks logs an ERROR naming it and the veRL version, and the other pieces still register.
 """
 
-from verl_espo._compat import check_verl_version
+from verl_espo._compat import check_verl_version, register_pieces
 
-check_verl_version()
+VERL_VERSION: str = check_verl_version()
 
-import verl_espo.losses  # noqa: E402,F401  policy losses: espo
-import verl_espo.platform  # noqa: E402,F401  platform: cpu (active with VERL_PLATFORM=cpu)
-import verl_espo.rollout  # noqa: E402,F401  rollout backends: hf
-import verl_espo.trainer  # noqa: E402,F401  V1 trainers: espo_sync
+#: ``(piece, module)`` in registration order; importing the module registers the piece. The platform goes
+#: first: importing veRL's FSDP engine (the trainer does) resolves the platform, and with
+#: ``VERL_PLATFORM=cpu`` the ``cpu`` platform must be registered by then.
+PIECES: tuple[tuple[str, str], ...] = (
+    ("platform", "verl_espo.platform"),  # the `cpu` platform (active with VERL_PLATFORM=cpu)
+    ("losses", "verl_espo.losses"),  # policy losses: espo, ...
+    ("rollout", "verl_espo.rollout"),  # rollout backends: hf
+    ("trainer", "verl_espo.trainer"),  # V1 trainers: espo_sync, ...
+)
+
+#: The pieces that did not register in this process, with the exception that stopped each.
+FAILED: dict[str, Exception] = register_pieces(PIECES, VERL_VERSION)

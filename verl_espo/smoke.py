@@ -1,7 +1,8 @@
-"""End-to-end smoke runs of veRL's real PPO trainer on CPU: ``python -m verl_espo.smoke espo|grpo|gspo``.
+"""End-to-end smoke runs of veRL's real PPO trainer on CPU: ``python -m verl_espo.smoke espo|egspo|chord|grpo|gspo``.
 
 It builds the tiny model (:func:`verl_espo.toy.assets.build_assets`) and a small arithmetic data set into
-a work directory, then runs the stock ``python -m verl.trainer.main_ppo`` with
+a work directory (plus the toy task's expert demonstrations for ``egspo`` and ``chord``, mixed into every
+step through ``data.expert.files``), then runs the stock ``python -m verl.trainer.main_ppo`` with
 ``pkg://verl_espo.config/<algo>_smoke`` (Ray, TransferQueue, FSDP2 actor, the plugin's ``hf`` rollout
 and CPU platform, reward, GRPO advantages, the policy loss, weight sync after every update, validation).
 While it runs, each logged step is printed in readable form; veRL's ``file`` logger keeps every metric
@@ -29,7 +30,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from verl_espo.toy.assets import build_assets
-from verl_espo.toy.task import write_dataset
+from verl_espo.toy.task import write_dataset, write_expert_dataset
 
 __all__ = [
     "ALGOS",
@@ -40,7 +41,9 @@ __all__ = [
     "main",
 ]
 
-ALGOS = ("espo", "grpo", "gspo")
+ALGOS = ("espo", "egspo", "chord", "grpo", "gspo")
+#: Algorithms trained with expert demonstrations mixed into every step (hybrid SFT + RL).
+HYBRID_ALGOS = ("egspo", "chord")
 
 # What the per-step line shows: (label, metric key) -- missing keys are skipped.
 _STEP_COLUMNS = (
@@ -53,6 +56,11 @@ _STEP_COLUMNS = (
     ("hi_clip-", "actor/espo/high/clipfrac_lower"),
     ("lo_clip+", "actor/espo/low/clipfrac_upper"),
     ("lo_clip-", "actor/espo/low/clipfrac_lower"),
+    ("gate_hi", "actor/egspo/high_token_frac"),
+    ("phi_lo", "actor/egspo/phi_mean_low"),
+    ("mu", "actor/hybrid/mu"),
+    ("rl_loss", "actor/hybrid/rl_loss"),
+    ("sft_loss", "actor/hybrid/sft_loss"),
     ("resp_len", "response_length/mean"),
     ("rollout_vs_actor_dp", "training/rollout_probs_diff_max"),
     ("step_s", "timing_s/step"),
@@ -189,9 +197,13 @@ def run_smoke(
         say(f"[smoke] building the tiny model in {model}")
         build_assets(model)
     train, val = write_dataset(out / "data")
+    overrides = list(overrides or [])
+    if algo in HYBRID_ALGOS and not any(o.startswith("data.expert.files=") for o in overrides):
+        expert, _ = write_expert_dataset(out / "data")
+        overrides.insert(0, f"data.expert.files=[{expert}]")
     metrics = out / "metrics.jsonl"
     metrics.unlink(missing_ok=True)
-    cmd = _command(algo, out, model, train, val, steps, list(overrides or []))
+    cmd = _command(algo, out, model, train, val, steps, overrides)
     (out / "command.txt").write_text(" ".join(cmd) + "\n")
     say(f"[smoke] {algo}: {steps} steps of veRL's main_ppo; trainer log: {out / 'train.log'}")
 

@@ -1,9 +1,12 @@
-"""One ESPO actor step through veRL's real worker code on CPU; run under ``torchrun`` (1 or 2 processes).
+"""One actor step of a plugin loss through veRL's real worker code on CPU; run under ``torchrun`` (1 or 2 processes).
 
-``ActorRolloutRefWorker(role="actor")`` builds the FSDP2 engine from the plugin's Hydra config, the loss is
-installed with ``set_loss_fn`` exactly as the ``espo_sync`` trainer does, ``compute_log_prob`` produces the
-old log-probs and entropy, and ``update_actor`` runs the ESPO loss. The batch has the V1 trainer's layout
-(nested tensors, as the agent loop puts them in TransferQueue). Rank 0 writes a JSON report to ``--out``.
+``ActorRolloutRefWorker(role="actor")`` builds the FSDP2 engine from the plugin's Hydra config (``--config-name``:
+``espo_trainer``, ``egspo_trainer``, ``chord_trainer``), the loss is installed with ``set_loss_fn`` exactly as the
+plugin's trainer does, ``compute_log_prob`` produces the old log-probs and entropy, and ``update_actor`` runs the
+loss. The batch has the V1 trainer's layout (nested tensors, as the agent loop puts them in TransferQueue). With
+``--experts i,j,...`` those rows are expert demonstrations (hybrid training): flagged ``is_expert``, zero advantage,
+and the trainer's step statistics (``mu``, per-type counts, the threshold over rollout tokens) are attached as the
+plugin's trainer attaches them. Rank 0 writes a JSON report to ``--out``.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
 
-def compose_config(model_path: str, overrides: list[str]):
+def compose_config(model_path: str, overrides: list[str], config_name: str = "espo_trainer"):
     from hydra import compose, initialize_config_module
 
     base = [
@@ -39,10 +42,10 @@ def compose_config(model_path: str, overrides: list[str]):
         "actor_rollout_ref.actor.checkpoint.save_contents=[model]",
     ]
     with initialize_config_module(config_module="verl_espo.config", version_base=None):
-        return compose(config_name="espo_trainer", overrides=base + overrides)
+        return compose(config_name=config_name, overrides=base + overrides)
 
 
-def make_batch(tokenizer, n: int, seed: int):
+def make_batch(tokenizer, n: int, seed: int, experts: frozenset[int] = frozenset()):
     """n samples in the V1 layout: nested prompts/responses/masks, like AgentLoopWorkerTQ writes them."""
     from verl.utils import tensordict_utils as tu
 
@@ -62,6 +65,7 @@ def make_batch(tokenizer, n: int, seed: int):
                 "input_ids": input_ids,
                 "attention_mask": torch.ones_like(input_ids),
                 "position_ids": torch.arange(input_ids.numel()),
+                "is_expert": torch.tensor([int(i in experts)]),
             }
         )
     return tu.list_of_dict_to_tensordict(samples)
@@ -72,6 +76,9 @@ def main() -> None:
     parser.add_argument("--model", required=True)
     parser.add_argument("--out", required=True)
     parser.add_argument("--samples", type=int, default=8)
+    parser.add_argument("--config-name", default="espo_trainer")
+    parser.add_argument("--experts", default="", help="comma-separated row indices of expert rows")
+    parser.add_argument("--mu", type=float, default=0.3)
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
 
@@ -87,14 +94,17 @@ def main() -> None:
 
     from verl_espo.workers.actor_loss import make_actor_loss_fn
 
-    cfg = compose_config(args.model, args.overrides)
+    cfg = compose_config(args.model, args.overrides, args.config_name)
+    experts = frozenset(int(i) for i in args.experts.split(",") if i)
     with open_dict(cfg):
         cfg.trainer.n_gpus_per_node = world
     worker = ActorRolloutRefWorker(config=cfg.actor_rollout_ref, role="actor")
     worker.init_model()
     worker.set_loss_fn(make_actor_loss_fn(cfg.actor_rollout_ref.actor, cfg.actor_rollout_ref.model))
 
-    full = make_batch(worker.actor.model_config.tokenizer, args.samples, seed=1)
+    full = make_batch(worker.actor.model_config.tokenizer, args.samples, seed=1, experts=experts)
+    if not experts:
+        del full["is_expert"]
     per_rank = args.samples // world
     data = tu.index_select_tensor_dict(full, list(range(rank * per_rank, (rank + 1) * per_rank)))
 
@@ -109,26 +119,33 @@ def main() -> None:
 
     old_log_probs, entropy = old_pass(data)
     g = torch.Generator().manual_seed(7)
-    scores = torch.randn(args.samples, generator=g)[rank * per_rank : (rank + 1) * per_rank]
+    all_scores = torch.randn(args.samples, generator=g)
+    all_scores[sorted(experts)] = 0.0  # expert rows: zero advantage (hybrid_grpo)
+    scores = all_scores[rank * per_rank : (rank + 1) * per_rank]
     lengths = data["response_mask"].offsets().diff()
     padded_adv = scores[:, None].expand(-1, int(lengths.max())).contiguous()
     data["old_log_probs"] = old_log_probs
     data["entropy"] = entropy
     data["advantages"] = response_to_nested(padded_adv, data["response_mask"])
-    if cfg.actor_rollout_ref.actor.policy_loss.espo.grouping == "batch":
-        # What the espo_sync trainer does before update_actor: one threshold over the whole step's batch.
-        from verl_espo.core.espo import batch_entropy_threshold
+    from verl_espo.trainer.sync import hybrid_counts, step_threshold_ratio
+
+    rho = step_threshold_ratio(cfg.actor_rollout_ref.actor.policy_loss)
+    expert_rows = torch.tensor([i in experts for i in range(rank * per_rank, (rank + 1) * per_rank)])
+    if rho is not None:
+        # What the plugin's trainer does before update_actor: one threshold over the step's rollout tokens.
+        from verl_espo.core.entropy import batch_entropy_threshold
         from verl_espo.workers.actor_loss import ENTROPY_THRESHOLD_KEY
 
         gathered = [None] * world
-        dist.all_gather_object(gathered, entropy.values())
-        values = torch.cat(gathered)
-        threshold = batch_entropy_threshold(
-            values,
-            torch.ones_like(values, dtype=torch.bool),
-            cfg.actor_rollout_ref.actor.policy_loss.espo.high_entropy_ratio,
-        )
+        dist.all_gather_object(gathered, [entropy[i] for i in range(per_rank) if not expert_rows[i]])
+        values = torch.cat([t for part in gathered for t in part])
+        threshold = batch_entropy_threshold(values, torch.ones_like(values, dtype=torch.bool), rho)
         tu.assign_non_tensor(data, **{ENTROPY_THRESHOLD_KEY: threshold})
+    if experts:
+        from verl_espo.workers.actor_loss import HYBRID_COUNTS_KEY, MU_KEY
+
+        counts = hybrid_counts(full["response_mask"].offsets().diff(), full["is_expert"].reshape(-1))
+        tu.assign_non_tensor(data, **{MU_KEY: args.mu, HYBRID_COUNTS_KEY: counts})
     tu.assign_non_tensor(
         data,
         calculate_entropy=False,

@@ -1,5 +1,11 @@
 """Hydra configs (``pkg://verl_espo.config``) and the config dataclasses they instantiate."""
 
-from verl_espo.config.loss import ESPOConfig, ESPOPolicyLossConfig
+from verl_espo.config.loss import (
+    EGSPOConfig,
+    ESPOConfig,
+    ESPOPolicyLossConfig,
+    HybridConfig,
+    PluginPolicyLossConfig,
+)
 
-__all__ = ["ESPOConfig", "ESPOPolicyLossConfig"]
+__all__ = ["ESPOConfig", "EGSPOConfig", "HybridConfig", "PluginPolicyLossConfig", "ESPOPolicyLossConfig"]

@@ -1,13 +1,16 @@
 """Typed, validated hyperparameters of the plugin's policy losses.
 
-``actor_rollout_ref.actor.policy_loss._target_`` points at :class:`ESPOPolicyLossConfig`; Hydra
-instantiates it (and its nested ``espo`` block) wherever veRL turns the actor config into a dataclass:
-in the driver's ``validate_config`` (so bad values fail before Ray starts) and in every actor worker.
+``actor_rollout_ref.actor.policy_loss._target_`` points at :class:`PluginPolicyLossConfig` (veRL's
+``PolicyLossConfig`` plus one optional block per algorithm: ``espo``, ``egspo``, ``hybrid``); Hydra
+instantiates it wherever veRL turns the actor config into a dataclass: in the driver's ``validate_config``
+(so bad values fail before Ray starts) and in every actor worker. ``ESPOPolicyLossConfig`` is the same
+class under its name from before EGSPO.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -15,10 +18,21 @@ from typing import Any, Optional
 from verl.base_config import BaseConfig
 from verl.workers.config import PolicyLossConfig
 
-__all__ = ["ESPOConfig", "ESPOPolicyLossConfig", "ESPO_KEY_PREFIX"]
+__all__ = [
+    "ESPOConfig",
+    "EGSPOConfig",
+    "HybridConfig",
+    "PluginPolicyLossConfig",
+    "ESPOPolicyLossConfig",
+    "ESPO_KEY_PREFIX",
+    "EGSPO_KEY_PREFIX",
+    "HYBRID_KEY_PREFIX",
+]
 
 #: Where the ``espo`` block lives in the full veRL config, for error messages.
 ESPO_KEY_PREFIX = "actor_rollout_ref.actor.policy_loss.espo"
+EGSPO_KEY_PREFIX = "actor_rollout_ref.actor.policy_loss.egspo"
+HYBRID_KEY_PREFIX = "actor_rollout_ref.actor.policy_loss.hybrid"
 
 _CHOICES: dict[str, tuple[str, ...]] = {
     "grouping": ("sequence", "batch"),
@@ -26,6 +40,21 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "clip": ("adaptive", "fixed"),
     "aggregation": ("paper", "actor"),
 }
+
+
+def _is_number(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float))
+
+
+def _check_choice(prefix: str, key: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{prefix}.{key} must be one of {list(choices)}, got {value!r}")
+
+
+def _check_ratio(prefix: str, key: str, value: Any) -> None:
+    """A share in (0, 1]."""
+    if not _is_number(value) or not 0.0 < float(value) <= 1.0:
+        raise ValueError(f"{prefix}.{key} must be in (0, 1], got {value!r}")
 
 
 @dataclass
@@ -58,18 +87,93 @@ class ESPOConfig(BaseConfig):
 
     def __post_init__(self) -> None:
         for key, choices in _CHOICES.items():
-            value = getattr(self, key)
-            if value not in choices:
-                raise ValueError(f"{ESPO_KEY_PREFIX}.{key} must be one of {list(choices)}, got {value!r}")
-        rho = self.high_entropy_ratio
-        if isinstance(rho, bool) or not isinstance(rho, (int, float)) or not 0.0 < float(rho) <= 1.0:
-            raise ValueError(f"{ESPO_KEY_PREFIX}.high_entropy_ratio must be in (0, 1], got {rho!r}")
+            _check_choice(ESPO_KEY_PREFIX, key, getattr(self, key), choices)
+        _check_ratio(ESPO_KEY_PREFIX, "high_entropy_ratio", self.high_entropy_ratio)
         alpha = self.alpha
-        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not float(alpha) > 0.0:
+        if not _is_number(alpha) or not float(alpha) > 0.0:
             raise ValueError(f"{ESPO_KEY_PREFIX}.alpha must be > 0, got {alpha!r}")
         vocab = self.vocab_size
         if vocab is not None and (isinstance(vocab, bool) or not isinstance(vocab, int) or vocab < 2):
             raise ValueError(f"{ESPO_KEY_PREFIX}.vocab_size must be null or an integer >= 2, got {vocab!r}")
+
+
+@dataclass
+class EGSPOConfig(BaseConfig):
+    """EGSPO's entropy gate (``policy_loss.egspo.*``, arXiv 2602.03309; see ``docs/egspo.md``).
+
+    Rollout tokens whose old-policy entropy is high get the full PPO token loss; the others get it times
+    ``phi_scale * p (1 - p)`` (CHORD's phi, arXiv 2508.11408 Eq. 5), ``p`` the sampled token's probability.
+
+    Args:
+        gate: ``batch``: high = ``H >=`` the ``ceil(rho * N)``-th largest entropy of the ``N`` rollout tokens of
+            the whole training step (computed once per step by the plugin's trainer). ``sequence``: per
+            response, ESPO's high group (top ``ceil(rho * L)`` and ties). ``threshold``: ``H >= threshold``.
+        high_entropy_ratio: ``rho`` in (0, 1] for the ``batch`` and ``sequence`` gates (default 0.2, the
+            80/20 share of Wang et al., arXiv 2506.01939, that EGSPO's introduction cites).
+        threshold: the fixed entropy threshold in nats for ``gate=threshold`` (required there, else unused).
+        phi_source: ``old``: ``p = exp(old_log_prob)``; ``current``: ``p = exp(log_prob)``, detached.
+        phi_scale: multiplies ``phi`` (``4`` makes its maximum 1), > 0.
+    """
+
+    gate: str = "batch"
+    high_entropy_ratio: float = 0.2
+    threshold: Optional[float] = None
+    phi_source: str = "old"
+    phi_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        _check_choice(EGSPO_KEY_PREFIX, "gate", self.gate, ("batch", "sequence", "threshold"))
+        _check_choice(EGSPO_KEY_PREFIX, "phi_source", self.phi_source, ("old", "current"))
+        _check_ratio(EGSPO_KEY_PREFIX, "high_entropy_ratio", self.high_entropy_ratio)
+        if not _is_number(self.phi_scale) or not float(self.phi_scale) > 0.0:
+            raise ValueError(f"{EGSPO_KEY_PREFIX}.phi_scale must be > 0, got {self.phi_scale!r}")
+        if self.gate == "threshold":
+            if not _is_number(self.threshold) or not math.isfinite(float(self.threshold)):
+                raise ValueError(
+                    f"{EGSPO_KEY_PREFIX}.gate=threshold needs {EGSPO_KEY_PREFIX}.threshold (a finite entropy in nats), "
+                    f"got {self.threshold!r}"
+                )
+        elif self.threshold is not None:
+            raise ValueError(
+                f"{EGSPO_KEY_PREFIX}.threshold is only used with gate=threshold (gate is {self.gate!r}); "
+                "set it to null or set gate=threshold"
+            )
+
+
+@dataclass
+class HybridConfig(BaseConfig):
+    """Hybrid SFT + RL training with expert demonstrations (``policy_loss.hybrid.*``, CHORD arXiv 2508.11408).
+
+    ``L = (1 - mu) L_RL(rollout rows) + mu L_SFT(expert rows)`` (CHORD Eq. 3, with Eq. 6 for SFT-phi). ``mu``
+    follows CHORD's schedule, computed once per step by the trainer from the 0-based step ``s``: a linear
+    warm-up ``mu_peak * s / mu_warmup_steps`` for ``s < mu_warmup_steps``, a cosine decay from ``mu_peak`` to
+    ``mu_valley`` over ``mu_decay_steps``, then ``mu_valley``. With no warm-up and no decay ``mu = mu_valley``
+    throughout (CHORD-phi: 0.1). Expert rows come from ``data.expert`` (see ``docs/egspo.md``).
+
+    Args:
+        mu_peak, mu_valley: in [0, 1].
+        mu_warmup_steps, mu_decay_steps: >= 0.
+        sft_phi: ``true``: SFT-phi, each expert token's NLL weighted by ``sg(p (1 - p))`` (CHORD-phi);
+            ``false``: plain token-mean NLL (CHORD-mu).
+    """
+
+    mu_peak: float = 0.1
+    mu_valley: float = 0.1
+    mu_warmup_steps: int = 0
+    mu_decay_steps: int = 0
+    sft_phi: bool = True
+
+    def __post_init__(self) -> None:
+        for key in ("mu_peak", "mu_valley"):
+            value = getattr(self, key)
+            if not _is_number(value) or not 0.0 <= float(value) <= 1.0:
+                raise ValueError(f"{HYBRID_KEY_PREFIX}.{key} must be in [0, 1], got {value!r}")
+        for key in ("mu_warmup_steps", "mu_decay_steps"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{HYBRID_KEY_PREFIX}.{key} must be an integer >= 0, got {value!r}")
+        if not isinstance(self.sft_phi, bool):
+            raise ValueError(f"{HYBRID_KEY_PREFIX}.sft_phi must be true or false, got {self.sft_phi!r}")
 
 
 def _coerce(value: Any, cls: type[BaseConfig], key: str) -> BaseConfig:
@@ -86,14 +190,26 @@ def _coerce(value: Any, cls: type[BaseConfig], key: str) -> BaseConfig:
 
 
 @dataclass
-class ESPOPolicyLossConfig(PolicyLossConfig):
-    """veRL's :class:`PolicyLossConfig` plus the plugin's ``espo`` block.
+class PluginPolicyLossConfig(PolicyLossConfig):
+    """veRL's :class:`PolicyLossConfig` plus the plugin's per-algorithm blocks (``espo``, ``egspo``, ``hybrid``).
 
-    Select the loss with ``policy_loss.loss_mode=espo``; other loss modes ignore the block.
+    ``policy_loss.loss_mode`` selects the loss (``espo``, ``egspo``, ``chord`` or any veRL loss); each loss
+    reads its own block and ignores the others.
     """
 
     espo: ESPOConfig = field(default_factory=ESPOConfig)
+    egspo: EGSPOConfig = field(default_factory=EGSPOConfig)
+    hybrid: HybridConfig = field(default_factory=HybridConfig)
 
     def __post_init__(self) -> None:
         # BaseConfig freezes fields once set, hence object.__setattr__ for the coercion.
-        object.__setattr__(self, "espo", _coerce(self.espo, ESPOConfig, ESPO_KEY_PREFIX))
+        for name, cls, prefix in (
+            ("espo", ESPOConfig, ESPO_KEY_PREFIX),
+            ("egspo", EGSPOConfig, EGSPO_KEY_PREFIX),
+            ("hybrid", HybridConfig, HYBRID_KEY_PREFIX),
+        ):
+            object.__setattr__(self, name, _coerce(getattr(self, name), cls, prefix))
+
+
+#: The name of :class:`PluginPolicyLossConfig` before EGSPO; configs that point at it keep working.
+ESPOPolicyLossConfig = PluginPolicyLossConfig

@@ -24,6 +24,14 @@ from dataclasses import dataclass
 
 import torch
 
+from verl_espo.core.common import compute_dtype
+from verl_espo.core.entropy import (  # noqa: F401  (re-exported: their home before EGSPO shared them)
+    batch_entropy_threshold,
+    high_entropy_count,
+    sequence_high_entropy_mask,
+    threshold_high_entropy_mask,
+)
+
 __all__ = [
     "LOG_RATIO_CLAMP",
     "GROUP_NAMES",
@@ -41,70 +49,6 @@ LOG_RATIO_CLAMP = 10.0
 
 #: Order of the group axis in :class:`ESPOTerms` tensors of shape ``(2, B)``.
 GROUP_NAMES = ("high", "low")
-
-
-def _compute_dtype(tensor: torch.Tensor) -> torch.dtype:
-    """float64 stays float64 (for exact reference tests); everything else is computed in float32."""
-    return torch.float64 if tensor.dtype == torch.float64 else torch.float32
-
-
-def high_entropy_count(rho: float, num_valid: torch.Tensor) -> torch.Tensor:
-    """``k = max(1, ceil(rho * L))``, robust to float noise (``rho=0.2, L=15`` gives 3, not 4).
-
-    ``rho * L`` is computed in float64 and rounded to 9 decimals before the ceiling, so products that are
-    whole numbers in decimal arithmetic stay whole. Rows with ``L = 0`` get ``k = 1`` (they select nothing).
-    """
-    product = (num_valid.to(torch.float64) * float(rho)).round(decimals=9)
-    k = torch.ceil(product).to(torch.long)
-    return torch.maximum(torch.minimum(k, num_valid.to(torch.long)), torch.ones_like(k))
-
-
-def sequence_high_entropy_mask(entropy: torch.Tensor, response_mask: torch.Tensor, rho: float) -> torch.Tensor:
-    """High-entropy group with per-sequence scope (Eq. 7; ``espo.grouping=sequence``).
-
-    In a row with ``L`` valid tokens let ``h`` be the k-th largest entropy, ``k = max(1, ceil(rho * L))``.
-    The high group is every valid token with ``H >= h``: ties with the k-th all join, so a row whose
-    entropies are all equal is a single (high) group.
-
-    ``h`` comes from one ``topk`` over the batch, from whichever end of the rows is shorter (the k-th
-    largest is the ``(L - k + 1)``-th smallest), which is far cheaper than sorting whole rows.
-    """
-    mask = response_mask.bool()
-    if rho >= 1.0:
-        return mask.clone()  # k = L: every valid token ties with or exceeds the smallest
-    values = entropy.to(_compute_dtype(entropy))
-    num_valid = mask.sum(dim=-1)
-    k = high_entropy_count(rho, num_valid)
-    k_small = (num_valid - k + 1).clamp(min=1)
-    k_max, k_small_max = torch.stack([k.max(), k_small.max()]).tolist() if mask.numel() else (1, 1)
-    if k_max <= k_small_max:
-        top = torch.topk(values.masked_fill(~mask, -math.inf), int(k_max), dim=-1, largest=True, sorted=True).values
-        kth = top.gather(-1, (k - 1).unsqueeze(-1))
-    else:
-        low = torch.topk(values.masked_fill(~mask, math.inf), int(k_small_max), dim=-1, largest=False, sorted=True)
-        kth = low.values.gather(-1, (k_small - 1).unsqueeze(-1))
-    return mask & (values >= kth)
-
-
-def batch_entropy_threshold(entropy: torch.Tensor, response_mask: torch.Tensor, rho: float) -> float:
-    """The ``ceil(rho * N)``-th largest entropy among the ``N`` valid tokens (``espo.grouping=batch``).
-
-    Computed once per training step by the trainer, over the whole step's batch, so that every micro-batch
-    and data-parallel rank uses the same threshold. Returns ``inf`` when there is no valid token.
-    """
-    values = entropy.to(_compute_dtype(entropy))[response_mask.bool()]
-    n = values.numel()
-    if n == 0:
-        return math.inf
-    k = int(high_entropy_count(rho, torch.tensor(n)).item())
-    return float(torch.topk(values, k, sorted=False).values.min().item())
-
-
-def threshold_high_entropy_mask(
-    entropy: torch.Tensor, response_mask: torch.Tensor, threshold: float | torch.Tensor
-) -> torch.Tensor:
-    """High-entropy group of a step-level threshold: every valid token with ``H >= threshold``."""
-    return response_mask.bool() & (entropy.to(_compute_dtype(entropy)) >= threshold)
 
 
 @dataclass
@@ -199,7 +143,7 @@ def espo_token_terms(
         raise ValueError("espo clip='fixed' needs clip_ratio_low and clip_ratio_high")
 
     mask = response_mask.bool()
-    dtype = _compute_dtype(log_prob)  # bf16/fp16 inputs are computed in float32
+    dtype = compute_dtype(log_prob)  # bf16/fp16 inputs are computed in float32
     zero = torch.zeros((), dtype=dtype, device=log_prob.device)
     # Padding is zeroed first ("double where"): padded inf/NaN can reach neither the loss nor the gradient,
     # and every later per-token term is exactly zero at padding because the advantage is.

@@ -15,27 +15,17 @@ from verl.trainer.ppo.core_algos import agg_loss, register_policy_loss
 from verl.workers.config import ActorConfig
 
 from verl_espo.config.loss import ESPO_KEY_PREFIX, ESPOConfig
-from verl_espo.core.espo import (
-    espo_metrics,
-    espo_token_terms,
-    sequence_high_entropy_mask,
-    threshold_high_entropy_mask,
-)
+from verl_espo.core.entropy import sequence_high_entropy_mask, threshold_high_entropy_mask
+from verl_espo.core.espo import espo_metrics, espo_token_terms
+from verl_espo.losses.errors import MissingLossInputError, missing_old_entropy_message
 from verl_espo.losses.extras import current_extras
 
 __all__ = ["compute_policy_loss_espo", "MissingOldEntropyError", "resolve_vocab_size"]
 
-MISSING_ENTROPY_HELP = (
-    "ESPO groups tokens by the old policy's entropy, but no `old_entropy` reached the loss. Train with the "
-    "plugin's trainer, `trainer.v1.trainer_mode=espo_sync` (the default of `--config-path=pkg://verl_espo.config "
-    "--config-name=espo_trainer`), which installs the entropy-aware actor loss. The old entropy is computed "
-    "in veRL's V1 old-log-prob pass; `algorithm.rollout_correction.bypass_mode=true` skips that pass and "
-    "the legacy trainer (`trainer.use_v1=false`) drops the entropy, so neither can run ESPO. When calling "
-    "the loss directly, pass `old_entropy=` (shape (batch, response_length))."
-)
+MISSING_ENTROPY_HELP = missing_old_entropy_message("ESPO groups tokens by", "espo")
 
 
-class MissingOldEntropyError(RuntimeError):
+class MissingOldEntropyError(MissingLossInputError):
     """The loss was called without the old policy's per-token entropy."""
 
 
@@ -45,7 +35,8 @@ def _espo_params(config: Optional[ActorConfig]) -> ESPOConfig:
     params = config.policy_loss.get("espo", None) if config.policy_loss is not None else None
     if not isinstance(params, ESPOConfig):
         raise ValueError(
-            "loss_mode=espo needs `actor_rollout_ref.actor.policy_loss._target_=verl_espo.config.ESPOPolicyLossConfig` "
+            "loss_mode=espo needs "
+            "`actor_rollout_ref.actor.policy_loss._target_=verl_espo.config.PluginPolicyLossConfig` "
             "(set by the plugin's configs, `--config-path=pkg://verl_espo.config --config-name=espo_trainer`); "
             f"got policy_loss of type {type(config.policy_loss).__name__} without an ESPOConfig `espo` block"
         )
@@ -114,9 +105,10 @@ def compute_policy_loss_espo(
         if entropy_threshold is None:
             entropy_threshold = extras.get("entropy_threshold")
         if entropy_threshold is None:
-            raise ValueError(
-                f"{ESPO_KEY_PREFIX}.grouping=batch needs the step-level entropy threshold that the espo_sync "
-                "trainer computes once per step (`trainer.v1.trainer_mode=espo_sync`); none reached the loss"
+            raise MissingLossInputError(
+                f"{ESPO_KEY_PREFIX}.grouping=batch needs the step-level entropy threshold that the plugin's trainer "
+                "computes once per step (`trainer.v1.trainer_mode=plugin_sync`, or its older name espo_sync); none "
+                "reached the loss. When calling the loss directly, pass `entropy_threshold=`."
             )
         high = threshold_high_entropy_mask(old_entropy, response_mask, float(entropy_threshold))
         metrics["actor/espo/entropy_threshold"] = float(entropy_threshold)

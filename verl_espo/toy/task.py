@@ -25,6 +25,8 @@ __all__ = [
     "make_row",
     "make_rows",
     "write_dataset",
+    "expert_response",
+    "write_expert_dataset",
 ]
 
 #: ``data_source`` of every row. :func:`verl_espo.rewards.math.compute_score` scores it strictly: the response
@@ -109,3 +111,35 @@ def write_dataset(
         pd.DataFrame(make_rows(sample_problems(n, split_seed, ops), split)).to_parquet(path, index=False)
         paths.append(path)
     return paths[0], paths[1]
+
+
+def expert_response(problem: Problem) -> str:
+    """The demonstration an expert gives: the correct boxed answer, which the strict toy reward accepts."""
+    return f"\\boxed{{{problem.answer}}}"
+
+
+def write_expert_dataset(
+    out_dir: str | Path, n: int = 512, seed: int = 100, ops: tuple[str, ...] = OPS
+) -> tuple[Path, Path]:
+    """Expert demonstrations for EGSPO / CHORD on the toy task; returns ``(expert.parquet, sft.parquet)``.
+
+    ``expert.parquet`` holds veRL RL rows plus ``extra_info["expert_response"]`` (what ``data.expert.files``
+    reads during hybrid RL); ``sft.parquet`` holds the same demonstrations as ``messages`` for veRL's SFT
+    trainer (EGSPO stage 1). Drawn like :func:`write_dataset`, with their own seed.
+    """
+    import pandas as pd
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    problems = sample_problems(n, seed, ops)
+    rows = make_rows(problems, "expert")
+    for row, problem in zip(rows, problems):
+        row["extra_info"]["expert_response"] = expert_response(problem)
+    messages = [
+        {"messages": [{"role": "user", "content": p.prompt}, {"role": "assistant", "content": expert_response(p)}]}
+        for p in problems
+    ]
+    expert_path, sft_path = out / "expert.parquet", out / "sft.parquet"
+    pd.DataFrame(rows).to_parquet(expert_path, index=False)
+    pd.DataFrame(messages).to_parquet(sft_path, index=False)
+    return expert_path, sft_path

@@ -1,5 +1,10 @@
-"""V1 trainers the plugin registers with ``verl.trainer.ppo.v1.register_trainer``."""
+"""V1 trainers the plugin registers with ``verl.trainer.ppo.v1.register_trainer``: ``plugin_sync`` (alias
+``espo_sync``)."""
 
-from verl_espo.trainer.espo_sync import ESPOTrainerSync
+from verl_espo.trainer.sync import PluginTrainerSync
 
-__all__ = ["ESPOTrainerSync"]
+ESPOTrainerSync = PluginTrainerSync
+
+__all__ = ["PluginTrainerSync", "ESPOTrainerSync"]
+
+import verl_espo.advantages  # noqa: E402,F401  advantage estimators (hybrid_grpo, espo_verified) in the trainer process

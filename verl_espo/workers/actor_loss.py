@@ -1,16 +1,18 @@
-"""The plugin's actor loss: veRL's ``ppo_loss`` plus the old policy's entropy for entropy-aware losses.
+"""The plugin's actor loss: veRL's ``ppo_loss`` plus the inputs the plugin's losses need.
 
-Installed in the actor workers by the ``espo_sync`` trainer through veRL's public
+Installed in the actor workers by the plugin's trainer (``plugin_sync``) through veRL's public
 ``ActorRolloutRefWorker.set_loss_fn``. For ``loss_mode`` values outside
-:data:`~verl_espo.losses.ENTROPY_AWARE_LOSS_MODES` it *is* veRL's ``ppo_loss`` (same call, same result).
-For ESPO it calls the same ``ppo_loss`` (so the KL loss, entropy bonus and metric aggregation are veRL's)
-inside :func:`~verl_espo.losses.extras.policy_loss_extras`, which hands the policy loss:
+:data:`~verl_espo.losses.PLUGIN_LOSS_MODES` it *is* veRL's ``ppo_loss`` (same call, same result).
+For the plugin's losses it calls the same ``ppo_loss`` (so the KL loss, entropy bonus and metric aggregation
+are veRL's) inside :func:`~verl_espo.losses.extras.policy_loss_extras`, which hands the policy loss:
 
 * ``old_entropy``: the old policy's per-token entropy, padded like ``old_log_probs``. veRL's V1 trainer
   computes it in the old-log-prob pass (rollout temperature) and keeps it in the batch under ``entropy``;
   the current policy's entropy is ``model_output["entropy"]`` and is not used here.
-* ``entropy_threshold``: the step-level threshold of ``espo.grouping=batch`` (non-tensor batch data
-  ``espo_entropy_threshold``, set by the trainer).
+* ``entropy_threshold``: the step-level threshold (non-tensor batch data ``entropy_threshold``, set by the
+  trainer for ESPO's ``grouping=batch`` and EGSPO's ``gate=batch``).
+* ``expert_mask``, ``mu``, ``hybrid_counts``: the expert rows of hybrid training (tensor field ``is_expert``),
+  the step's SFT weight and the step's per-type counts (non-tensor data, set by the trainer).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from verl.utils.metric import AggregationType, Metric
 from verl.workers.config import ActorConfig
 from verl.workers.utils import losses as verl_losses
 
-from verl_espo.losses import ENTROPY_AWARE_LOSS_MODES
+from verl_espo.losses import PLUGIN_LOSS_MODES
 from verl_espo.losses.extras import policy_loss_extras
 
 __all__ = [
@@ -36,13 +38,35 @@ __all__ = [
     "make_actor_loss_fn",
     "OLD_ENTROPY_KEY",
     "ENTROPY_THRESHOLD_KEY",
+    "EXPERT_KEY",
+    "MU_KEY",
+    "HYBRID_COUNTS_KEY",
+    "SUM_METRICS",
     "padded_old_entropy",
+    "row_flags",
 ]
 
 #: Batch key of the old policy's entropy in veRL's V1 trainer (response-only, nested).
 OLD_ENTROPY_KEY = "entropy"
-#: Non-tensor batch key of the step-level entropy threshold (``espo.grouping=batch``).
-ENTROPY_THRESHOLD_KEY = "espo_entropy_threshold"
+#: Non-tensor batch key of the step-level entropy threshold (ESPO ``grouping=batch``, EGSPO ``gate=batch``).
+ENTROPY_THRESHOLD_KEY = "entropy_threshold"
+#: Per-row tensor field flagging expert-demonstration rows (1) among rollout rows (0).
+EXPERT_KEY = "is_expert"
+#: Non-tensor batch key of the step's SFT weight ``mu``.
+MU_KEY = "hybrid_mu"
+#: Non-tensor batch key of the step's per-type token and row counts.
+HYBRID_COUNTS_KEY = "hybrid_counts"
+#: Metrics normalised like the loss itself: summed over micro-batches and ranks, as veRL does for ``pg_loss``.
+SUM_METRICS = frozenset({"actor/hybrid/rl_loss", "actor/hybrid/sft_loss"})
+
+
+def row_flags(field: torch.Tensor) -> torch.Tensor:
+    """A one-value-per-row field (``is_expert``) as a ``(B,)`` bool tensor, nested (TransferQueue) or not."""
+    values = field.values() if field.is_nested else field
+    flags = values.reshape(-1).bool()
+    if flags.numel() != field.shape[0]:
+        raise ValueError(f"expected one value per row, got {flags.numel()} values for {field.shape[0]} rows")
+    return flags
 
 
 def padded_old_entropy(data: TensorDict) -> torch.Tensor | None:
@@ -63,13 +87,25 @@ def entropy_aware_ppo_loss(
 ) -> tuple[torch.Tensor, dict[str, Any]]:
     """Drop-in replacement for ``verl.workers.utils.losses.ppo_loss`` (same signature and return value)."""
     loss_mode = config.policy_loss.get("loss_mode", "vanilla")
-    if loss_mode not in ENTROPY_AWARE_LOSS_MODES:
+    if loss_mode not in PLUGIN_LOSS_MODES:
         return verl_losses.ppo_loss(config, model_output, data, dp_group)
 
     old_entropy = padded_old_entropy(data)
-    threshold = tu.get_non_tensor_data(data, ENTROPY_THRESHOLD_KEY, None)
-    with policy_loss_extras(old_entropy=old_entropy, entropy_threshold=threshold):
+    extras = {
+        "old_entropy": old_entropy,
+        "entropy_threshold": tu.get_non_tensor_data(data, ENTROPY_THRESHOLD_KEY, None),
+        "expert_mask": row_flags(data[EXPERT_KEY]) if EXPERT_KEY in data.keys() else None,
+        "mu": tu.get_non_tensor_data(data, MU_KEY, None),
+        "hybrid_counts": tu.get_non_tensor_data(data, HYBRID_COUNTS_KEY, None),
+    }
+    with policy_loss_extras(**extras):
         loss, metrics = verl_losses.ppo_loss(config, model_output, data, dp_group)
+    sum_aggregation = (
+        data["dp_size"] > 1
+        or data["batch_num_tokens"] is not None
+        or data["global_batch_size"] is not None
+        or config.loss_scale_factor is not None
+    )  # the rule ppo_loss uses for its own loss metrics
 
     # Maxima over micro-batches and ranks, not means (ppo_loss wraps every policy-loss metric as MEAN).
     for key, metric in list(metrics.items()):
@@ -77,6 +113,12 @@ def entropy_aware_ppo_loss(
             maximum = Metric(AggregationType.MAX)
             maximum.extend(metric.values)
             metrics[key] = maximum
+        elif key in SUM_METRICS and isinstance(metric, Metric) and sum_aggregation:
+            total = Metric(AggregationType.SUM)
+            total.extend(metric.values)
+            metrics[key] = total
+    if old_entropy is None:
+        return loss, metrics
 
     # The loss-side view of the old entropy, aggregated exactly like the trainer's `actor/entropy`.
     with torch.no_grad():
@@ -87,13 +129,7 @@ def entropy_aware_ppo_loss(
             loss_agg_mode=config.loss_agg_mode,
             **config.global_batch_info,
         )
-    sum_aggregation = (
-        data["dp_size"] > 1
-        or data["batch_num_tokens"] is not None
-        or data["global_batch_size"] is not None
-        or config.loss_scale_factor is not None
-    )  # the rule ppo_loss uses for its own loss metrics
-    metrics["actor/espo/old_entropy"] = Metric(
+    metrics[f"actor/{loss_mode}/old_entropy"] = Metric(
         AggregationType.SUM if sum_aggregation else AggregationType.MEAN, old_entropy_agg
     )
     return loss, metrics

@@ -1,0 +1,46 @@
+"""CHORD's pieces (arXiv 2508.11408), free of veRL: the mu schedule and the SFT(-phi) token loss.
+
+CHORD mixes an SFT loss on expert demonstrations into RL, ``L = (1 - mu) L_RL + mu L_SFT`` (Eq. 3), with
+``L_SFT`` the token-mean NLL (Eq. 1) or SFT-phi, each token weighted by ``sg(phi(p))``, ``phi(p) = p(1 - p)``
+(Eqs. 5-6). The schedule is the one of Trinity-RFT's ``mix_chord`` (linear warm-up, cosine decay, constant).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from verl_espo.core.common import compute_dtype
+from verl_espo.core.egspo import phi
+
+__all__ = ["mu_schedule", "sft_token_losses"]
+
+
+def mu_schedule(step: int, warmup_steps: int, decay_steps: int, peak: float, valley: float) -> float:
+    """CHORD's ``mu`` at the 0-based training step ``step``.
+
+    ``peak * step / warmup_steps`` during warm-up; then a cosine from ``peak`` down to ``valley`` over
+    ``decay_steps``; ``valley`` afterwards (so ``warmup_steps = decay_steps = 0`` is a constant ``valley``).
+    """
+    if step < 0:
+        raise ValueError(f"step must be >= 0, got {step}")
+    if step < warmup_steps:
+        return peak * step / warmup_steps
+    if step >= warmup_steps + decay_steps:
+        return valley
+    progress = (step - warmup_steps) / decay_steps
+    return valley + (peak - valley) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def sft_token_losses(log_prob: torch.Tensor, use_phi: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token SFT loss ``-w_t log p_t`` and its detached weight ``w_t``.
+
+    ``w_t = phi(p_t) = p_t (1 - p_t)`` with ``p_t = exp(log_prob)`` of the current policy, detached (SFT-phi,
+    CHORD Eq. 6), or ``1`` (plain SFT, Eq. 1). Padding is the caller's to mask.
+    """
+    dtype = compute_dtype(log_prob)
+    log_prob = log_prob.to(dtype)
+    with torch.no_grad():
+        weights = phi(torch.exp(log_prob.detach())) if use_phi else torch.ones_like(log_prob)
+    return -weights * log_prob, weights

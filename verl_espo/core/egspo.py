@@ -1,0 +1,142 @@
+"""EGSPO tensor math (arXiv 2602.03309), free of veRL: the entropy gate on rollout tokens.
+
+Only the abstract of EGSPO is public; the reading implemented here is reconstructed in ``docs/egspo.md``:
+
+* gate: ``g_t = 1[H_t >= tau]`` on the old policy's entropy ``H_t`` (``tau`` per step, per response or fixed,
+  see :mod:`verl_espo.core.entropy`);
+* weight: ``w_t = g_t + (1 - g_t) * phi_scale * phi(p_t)``, ``phi(p) = p (1 - p)`` (CHORD Eq. 5), ``p_t`` the
+  probability of the sampled token, detached;
+* token loss: ``w_t`` times veRL's ``vanilla`` PPO token loss (clip and dual clip). The advantage keeps its
+  sign in both branches (``w_t >= 0``), as the abstract requires.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from verl_espo.core.common import PPOTokenTerms, compute_dtype, ppo_clip_token_terms
+
+__all__ = ["phi", "gate_weights", "EGSPOTerms", "egspo_token_terms", "egspo_metrics"]
+
+
+def phi(prob: torch.Tensor) -> torch.Tensor:
+    """CHORD's ``phi(p) = p (1 - p)`` (arXiv 2508.11408, Eq. 5), in [0, 1/4]."""
+    return prob * (1.0 - prob)
+
+
+def gate_weights(high_mask: torch.Tensor, log_prob_for_phi: torch.Tensor, phi_scale: float = 1.0) -> torch.Tensor:
+    """Detached per-token weights: 1 on the high-entropy set, ``phi_scale * phi(p)`` elsewhere."""
+    with torch.no_grad():
+        prob = torch.exp(log_prob_for_phi.detach().to(compute_dtype(log_prob_for_phi)))
+        return torch.where(high_mask, torch.ones_like(prob), phi_scale * phi(prob))
+
+
+@dataclass
+class EGSPOTerms:
+    """Per-token terms of the gated loss and what its metrics are made of.
+
+    Attributes:
+        pg_losses: ``(B, T)`` ``w_t * l_t`` (times ``rollout_is_weights``), zero outside ``mask``; carries the gradient.
+        weights: ``(B, T)`` detached ``w_t``.
+        high_mask: ``(B, T)`` bool, gated-high tokens (within ``mask``).
+        mask: ``(B, T)`` bool, the tokens the gated loss covers (the rollout tokens).
+        ppo: veRL's PPO terms before weighting.
+        advantages: ``(B, T)`` the advantages in the compute dtype.
+    """
+
+    pg_losses: torch.Tensor
+    weights: torch.Tensor
+    high_mask: torch.Tensor
+    mask: torch.Tensor
+    ppo: PPOTokenTerms
+    advantages: torch.Tensor
+
+
+def egspo_token_terms(
+    log_prob: torch.Tensor,
+    old_log_prob: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    high_mask: torch.Tensor,
+    *,
+    phi_source: str = "old",
+    phi_scale: float = 1.0,
+    clip_ratio_low: float = 0.2,
+    clip_ratio_high: float = 0.2,
+    clip_ratio_c: float = 3.0,
+    rollout_is_weights: torch.Tensor | None = None,
+) -> EGSPOTerms:
+    """The entropy-gated PPO token loss on the tokens of ``mask``.
+
+    Args:
+        log_prob, old_log_prob, advantages: ``(B, T)`` padded tensors (``log_prob`` carries the gradient).
+        mask: ``(B, T)`` bool, the rollout tokens (response mask without expert rows).
+        high_mask: ``(B, T)`` bool, the gate (``H_t >= tau``); ``mask`` itself gives plain PPO (CHORD's RL part).
+        phi_source: ``"old"`` (``exp(old_log_prob)``) or ``"current"`` (``exp(log_prob)``, detached).
+        phi_scale: multiplies ``phi``.
+        clip_ratio_low, clip_ratio_high, clip_ratio_c: the actor's PPO clip range and dual-clip bound.
+        rollout_is_weights: optional ``(B, T)`` veRL rollout-correction weights.
+    """
+    if phi_source not in ("old", "current"):
+        raise ValueError(f"egspo phi_source must be 'old' or 'current', got {phi_source!r}")
+    mask = mask.bool()
+    high = high_mask.bool() & mask
+    ppo = ppo_clip_token_terms(log_prob, old_log_prob, advantages, clip_ratio_low, clip_ratio_high, clip_ratio_c)
+    weights = gate_weights(high, old_log_prob if phi_source == "old" else log_prob, phi_scale)
+    weights = torch.where(mask, weights, torch.zeros_like(weights))
+    pg_losses = ppo.pg_losses * weights
+    if rollout_is_weights is not None:
+        pg_losses = pg_losses * rollout_is_weights.to(pg_losses.dtype)
+    pg_losses = torch.where(mask, pg_losses, torch.zeros_like(pg_losses))
+    return EGSPOTerms(pg_losses, weights, high, mask, ppo, advantages.to(pg_losses.dtype))
+
+
+def egspo_metrics(terms: EGSPOTerms, prefix: str = "actor/egspo/") -> dict[str, float]:
+    """Diagnostics of one (micro-)batch over its rollout tokens, read with a single device sync.
+
+    ``high_token_frac`` (share of gated-high tokens), ``weight_mean`` (mean ``w_t``: the effective step size),
+    ``phi_mean_low`` (mean ``w_t`` on low-entropy tokens), ``low_neg_adv_frac`` (share of low-entropy tokens
+    with ``A < 0``), ``{high,low}/clipfrac`` and ``{high,low}/clipfrac_lower`` (PPO clip and dual clip per gate
+    side); veRL's ``actor/pg_clipfrac``, ``actor/pg_clipfrac_lower`` and ``actor/ppo_kl`` over the same tokens.
+    """
+    with torch.no_grad():
+        mask, high = terms.mask, terms.high_mask
+        low = mask & ~high
+        zero = torch.zeros((), dtype=terms.weights.dtype, device=terms.weights.device)
+
+        def frac(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
+            return torch.count_nonzero(numerator).to(zero.dtype) / torch.count_nonzero(denominator).clamp(min=1)
+
+        n_low = torch.count_nonzero(low).clamp(min=1)
+        values = torch.stack(
+            [
+                frac(high, mask),
+                torch.where(mask, terms.weights, zero).sum() / torch.count_nonzero(mask).clamp(min=1),
+                torch.where(low, terms.weights, zero).sum() / n_low,
+                frac(low & (terms.advantages < 0), low),
+                frac(terms.ppo.clipped & high, high),
+                frac(terms.ppo.clipped & low, low),
+                frac(terms.ppo.dual_clipped & high, high),
+                frac(terms.ppo.dual_clipped & low, low),
+                frac(terms.ppo.clipped & mask, mask),
+                frac(terms.ppo.dual_clipped & mask, mask),
+                torch.where(mask, terms.ppo.neg_log_ratio.to(zero.dtype), zero).sum()
+                / torch.count_nonzero(mask).clamp(min=1),
+            ]
+        ).tolist()
+    names = (
+        f"{prefix}high_token_frac",
+        f"{prefix}weight_mean",
+        f"{prefix}phi_mean_low",
+        f"{prefix}low_neg_adv_frac",
+        f"{prefix}high/clipfrac",
+        f"{prefix}low/clipfrac",
+        f"{prefix}high/clipfrac_lower",
+        f"{prefix}low/clipfrac_lower",
+        "actor/pg_clipfrac",
+        "actor/pg_clipfrac_lower",
+        "actor/ppo_kl",
+    )
+    return dict(zip(names, values))

@@ -1,0 +1,287 @@
+"""``plugin_sync``: veRL's V1 synchronous trainer plus what the plugin's losses need (``espo_sync`` is the same
+trainer under its name from before EGSPO).
+
+Selected with ``trainer.v1.trainer_mode=plugin_sync`` (the default of the plugin's ``*_trainer`` configs). It
+behaves exactly like veRL's ``sync`` trainer, plus, for the losses of :data:`verl_espo.losses.LOSS_INPUTS`:
+
+1. at start-up it refuses settings it cannot honour (:func:`~verl_espo.trainer.checks.check_trainer_config`);
+2. after the workers are built it installs the plugin's actor loss through veRL's public
+   ``ActorRolloutRefWorker.set_loss_fn``;
+3. with ``data.expert.files`` it mixes ``data.expert.batch_size`` expert demonstrations into every step's batch
+   before the old-log-prob pass (CHORD's sample-level mixing): flagged ``is_expert``, no reward call, their own
+   GRPO-free advantage (zero), excluded from veRL's reward/length metrics (tagged like veRL's padding rows);
+4. once per step, before the actor update, it computes the step-level statistics the loss needs: the entropy
+   threshold over the step's rollout tokens (ESPO ``grouping=batch``, EGSPO ``gate=batch``), CHORD's ``mu`` and
+   the per-type token and row counts, and hands them to every micro-batch and rank.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from collections.abc import Iterator
+from typing import Any, Optional
+
+import torch
+import transfer_queue as tq
+from omegaconf import DictConfig, open_dict
+from tensordict import TensorDict
+from transfer_queue import KVBatchMeta
+from verl.protocol import DataProto
+from verl.trainer.ppo.core_algos import agg_loss
+from verl.trainer.ppo.padding_utils import construct_minimal_padding_template
+from verl.trainer.ppo.v1 import PPOTrainerSync, register_trainer
+from verl.utils.debug.metrics import calculate_debug_metrics
+from verl.utils.tensordict_utils import list_of_dict_to_tensordict
+
+from verl_espo.advantages import EXPERT_UID_PREFIX
+from verl_espo.core.chord import mu_schedule
+from verl_espo.core.entropy import batch_entropy_threshold
+from verl_espo.losses import LOSS_INPUTS
+from verl_espo.trainer.checks import check_trainer_config, expert_data_config
+from verl_espo.trainer.expert_data import ExpertDemonstrations, expert_row
+from verl_espo.workers.actor_loss import (
+    ENTROPY_THRESHOLD_KEY,
+    EXPERT_KEY,
+    HYBRID_COUNTS_KEY,
+    MU_KEY,
+    OLD_ENTROPY_KEY,
+    make_actor_loss_fn,
+    row_flags,
+)
+
+__all__ = ["PluginTrainerSync", "step_threshold_ratio", "hybrid_counts"]
+
+logger = logging.getLogger(__name__)
+
+
+
+def step_threshold_ratio(policy_loss: Any) -> Optional[float]:
+    """``rho`` of the step-level entropy threshold the configured loss needs, or ``None`` if it needs none."""
+    loss_mode = policy_loss.get("loss_mode", "vanilla")
+    if "step_threshold" not in LOSS_INPUTS.get(loss_mode, frozenset()):
+        return None
+    if loss_mode == "espo":
+        block, key = policy_loss.get("espo", {}), "grouping"
+    else:
+        block, key = policy_loss.get(loss_mode, {}), "gate"
+    if block is None or block.get(key, None) != "batch":
+        return None
+    return float(block.get("high_entropy_ratio", 0.2))
+
+
+def _flat_tokens(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A per-row field as flat token values and each token's row index (nested jagged or padded ``(B, T)``)."""
+    if values.is_nested:
+        lengths = values.offsets().diff()
+        flat = values.values()
+    else:
+        lengths = torch.full((values.shape[0],), values.shape[1], dtype=torch.int64)
+        flat = values.reshape(-1)
+    return flat, torch.repeat_interleave(torch.arange(lengths.numel()), lengths)
+
+
+def hybrid_counts(token_counts: torch.Tensor, is_expert: torch.Tensor) -> dict[str, int]:
+    """Per-type token and row counts of a step's batch from each row's valid-token count (padding rows count as
+    rollout rows with no token, as veRL counts them in ``global_batch_size``)."""
+    expert = is_expert.reshape(-1).bool()
+    lengths = token_counts.reshape(-1).to(torch.int64)
+    return {
+        "rollout_tokens": int(lengths[~expert].sum()),
+        "rollout_rows": int((~expert).sum()),
+        "expert_tokens": int(lengths[expert].sum()),
+        "expert_rows": int(expert.sum()),
+    }
+
+
+@register_trainer("plugin_sync")
+@register_trainer("espo_sync")
+class PluginTrainerSync(PPOTrainerSync):
+    """veRL's synchronous V1 trainer with the plugin's actor loss and step-level statistics (module docstring)."""
+
+    def __init__(self, config: DictConfig):
+        check_trainer_config(config)
+        self.expert_config = expert_data_config(config)
+        self.expert_data: Optional[ExpertDemonstrations] = None
+        super().__init__(config)
+
+    # veRL's base trainer switches on `self.trainer_mode == "sync"` (replay buffer, dataloader, checkpoints);
+    # this trainer is the sync trainer, whatever name selected it.
+    @property
+    def trainer_mode(self) -> str:
+        return "sync"
+
+    @trainer_mode.setter
+    def trainer_mode(self, value: str) -> None:
+        self.selected_trainer_mode = value
+
+    @property
+    def hybrid(self) -> bool:
+        return self.expert_config.enabled
+
+    def on_init_end(self) -> None:
+        loss_fn = make_actor_loss_fn(self.config.actor_rollout_ref.actor, self.config.actor_rollout_ref.model)
+        self.actor_rollout_wg.set_loss_fn(loss_fn)
+        logger.info("verl_espo: installed the plugin's actor loss in the actor workers")
+        if self.hybrid:
+            data = self.config.data
+            self.expert_data = ExpertDemonstrations(
+                self.expert_config,
+                self.tokenizer,
+                max_prompt_length=data.max_prompt_length,
+                max_response_length=data.max_response_length,
+                prompt_key=data.get("prompt_key", "prompt"),
+                chat_template_kwargs=data.get("apply_chat_template_kwargs", None),
+            )
+            logger.info(
+                "verl_espo: %d expert demonstrations, %d per step", len(self.expert_data), self.expert_config.batch_size
+            )
+        super().on_init_end()
+
+    # ------------------------------------------------------------------ expert rows (hybrid training)
+    def _balance_batch(self, batch: KVBatchMeta, metrics, logging_prefix="global_seqlen", keep_minibatch=False):
+        if self.hybrid and batch.partition_id == "train":
+            batch = self._add_expert_rows(batch, metrics)
+        return super()._balance_batch(batch, metrics, logging_prefix=logging_prefix, keep_minibatch=keep_minibatch)
+
+    def _get_required_batch_multiple(self, dp_size: int) -> int:
+        if not self.hybrid:
+            return super()._get_required_batch_multiple(dp_size)
+        # One mini-batch per step (checked at start-up): the step's rows split over the data-parallel ranks,
+        # and a whole number of rollout groups for the mini-batch size veRL derives from rollout.n.
+        return math.lcm(dp_size, int(self.config.actor_rollout_ref.rollout.n))
+
+    def _add_expert_rows(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
+        samples = self.expert_data.samples_for_step(self.global_steps)
+        # Rollout rows are flagged 0; veRL's padding rows copy the first rollout row, flag included.
+        flagged = tq.kv_batch_put(
+            keys=batch.keys,
+            partition_id=batch.partition_id,
+            fields=TensorDict({EXPERT_KEY: torch.zeros(len(batch), 1, dtype=torch.int64)}, batch_size=len(batch)),
+        )
+        source = tq.kv_batch_get(keys=[batch.keys[0]], partition_id=batch.partition_id)[0]
+        template, template_tag = construct_minimal_padding_template(source, batch.tags[0], self.tokenizer.eos_token_id)
+        keys, rows, tags = [], [], []
+        for j, sample in enumerate(samples):
+            uid = f"{EXPERT_UID_PREFIX}{self.global_steps}-{j}"
+            keys.append(f"{uid}_0_0")  # veRL's {uid}_{session}_{index} key format
+            rows.append(expert_row(template, sample, uid))
+            tag = dict(template_tag)
+            prompt_len, response_len = len(sample.prompt_ids), len(sample.response_ids)
+            # is_padding keeps expert rows out of veRL's reward, advantage and length metrics.
+            tag.update(is_padding=True, is_expert=True, prompt_len=prompt_len, response_len=response_len,
+                       seq_len=prompt_len + response_len, global_steps=self.global_steps,
+                       min_global_steps=self.global_steps, max_global_steps=self.global_steps)  # fmt: skip
+            tags.append(tag)
+        metrics["actor/hybrid/expert_rows_in_step"] = len(keys)
+        if not keys:
+            return batch
+        tq.kv_batch_put(keys=keys, partition_id=batch.partition_id, fields=list_of_dict_to_tensordict(rows), tags=tags)
+        lengths = torch.tensor([len(s.response_ids) for s in samples], dtype=torch.float32)
+        metrics["actor/hybrid/expert_response_length_mean"] = float(lengths.mean())
+        metrics["actor/hybrid/expert_truncated_total"] = self.expert_data.truncated
+        fields = list(dict.fromkeys([*(flagged.fields or batch.fields or []), EXPERT_KEY]))
+        return KVBatchMeta(
+            keys=batch.keys + keys,
+            tags=batch.tags + tags,
+            partition_id=batch.partition_id,
+            fields=fields,
+            extra_info=batch.extra_info,
+        )
+
+    def _compute_old_log_prob(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
+        batch = super()._compute_old_log_prob(batch, metrics)
+        if not self.hybrid:
+            return batch
+        # veRL's entropy and rollout-vs-actor metrics cover every row; recompute them over the rollout rows.
+        calculate_log_probs = self.config.actor_rollout_ref.rollout.calculate_log_probs
+        fields = [OLD_ENTROPY_KEY, "old_log_probs", "response_mask", EXPERT_KEY]
+        if calculate_log_probs:
+            fields += ["responses", "rollout_log_probs"]
+        data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=fields)
+        expert = row_flags(data[EXPERT_KEY])
+        if calculate_log_probs and expert.any():
+            # Expert rows were not sampled by the rollout: their "rollout" log-probs are the old ones (IS ratio 1).
+            expert_keys = [k for k, e in zip(batch.keys, expert.tolist()) if e]
+            expert_data = tq.kv_batch_get(
+                keys=expert_keys, partition_id=batch.partition_id, select_fields=["old_log_probs"]
+            )
+            tq.kv_batch_put(
+                keys=expert_keys,
+                partition_id=batch.partition_id,
+                fields=TensorDict({"rollout_log_probs": expert_data["old_log_probs"]}, batch_size=len(expert_keys)),
+            )
+        padded = data.to_padded_tensor()
+        mask = padded["response_mask"].bool()
+        actor = self.config.actor_rollout_ref.actor
+        for name, rows in (("actor/entropy", ~expert), ("actor/hybrid/expert_entropy", expert)):
+            if rows.any():
+                metrics[name] = agg_loss(
+                    loss_mat=padded[OLD_ENTROPY_KEY][rows].float(),
+                    loss_mask=mask[rows],
+                    loss_agg_mode=actor.loss_agg_mode,
+                    loss_scale_factor=actor.loss_scale_factor,
+                ).item()
+        if calculate_log_probs and (~expert).any():
+            rollout = DataProto(
+                batch=TensorDict(
+                    {
+                        k: padded[k][~expert]
+                        for k in ("old_log_probs", "rollout_log_probs", "response_mask", "responses")
+                    },
+                    batch_size=int((~expert).sum()),
+                )
+            )
+            metrics.update(calculate_debug_metrics(rollout))
+        return batch
+
+    # ------------------------------------------------------------------ step-level statistics
+    @contextlib.contextmanager
+    def _one_mini_batch(self, batch: KVBatchMeta) -> Iterator[None]:
+        """While veRL's ``_update_actor`` runs, make its mini-batch the whole step batch (hybrid training)."""
+        actor = self.config.actor_rollout_ref.actor
+        before = actor.ppo_mini_batch_size
+        with open_dict(actor):
+            actor.ppo_mini_batch_size = len(batch) // int(self.config.actor_rollout_ref.rollout.n)
+        try:
+            yield
+        finally:
+            with open_dict(actor):
+                actor.ppo_mini_batch_size = before
+
+    def _update_actor(self, batch: KVBatchMeta, metrics: dict):
+        policy_loss = self.config.actor_rollout_ref.actor.policy_loss
+        rho = step_threshold_ratio(policy_loss)
+        if rho is None and not self.hybrid:
+            return super()._update_actor(batch, metrics)
+
+        fields = (
+            ["response_mask"] + ([OLD_ENTROPY_KEY] if rho is not None else []) + ([EXPERT_KEY] if self.hybrid else [])
+        )
+        data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=fields)
+        expert = row_flags(data[EXPERT_KEY]) if self.hybrid else torch.zeros(len(batch), dtype=torch.bool)
+        mask, row_of_token = _flat_tokens(data["response_mask"])
+        mask = mask.bool()
+        token_counts = torch.zeros(len(batch), dtype=torch.int64).index_add_(0, row_of_token, mask.to(torch.int64))
+        if rho is not None:
+            if OLD_ENTROPY_KEY not in data.keys():
+                raise RuntimeError(
+                    "the step-level entropy threshold needs the old-policy `entropy`, which the batch lacks"
+                )
+            entropy, _ = _flat_tokens(data[OLD_ENTROPY_KEY])
+            rollout_token = ~expert[row_of_token]  # expert rows never enter the threshold
+            threshold = batch_entropy_threshold(entropy[rollout_token], mask[rollout_token], rho)
+            batch.extra_info[ENTROPY_THRESHOLD_KEY] = threshold
+            metrics["actor/step_entropy_threshold"] = threshold
+        if not self.hybrid:
+            return super()._update_actor(batch, metrics)
+
+        hybrid = policy_loss.hybrid
+        mu = mu_schedule(self.global_steps - 1, int(hybrid.mu_warmup_steps), int(hybrid.mu_decay_steps),
+                         float(hybrid.mu_peak), float(hybrid.mu_valley))  # fmt: skip
+        batch.extra_info[MU_KEY] = mu
+        batch.extra_info[HYBRID_COUNTS_KEY] = hybrid_counts(token_counts, expert)
+        metrics["actor/hybrid/mu"] = mu
+        with self._one_mini_batch(batch):
+            return super()._update_actor(batch, metrics)
