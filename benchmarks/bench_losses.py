@@ -13,25 +13,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 
 import torch
-
-
-def make_batch(rows: int, tokens: int, device: torch.device, dtype: torch.dtype, seed: int = 0) -> dict:
-    g = torch.Generator(device="cpu").manual_seed(seed)
-    lengths = torch.randint(tokens // 8, tokens + 1, (rows,), generator=g)
-    mask = torch.arange(tokens)[None, :] < lengths[:, None]
-    old = -torch.rand(rows, tokens, generator=g) * 3
-    batch = {
-        "old_log_prob": old,
-        "log_prob": old + torch.randn(rows, tokens, generator=g) * 0.05,
-        "advantages": torch.randn(rows, 1, generator=g).expand(rows, tokens).contiguous(),
-        "response_mask": mask,
-        "old_entropy": torch.rand(rows, tokens, generator=g) * 2,
-    }
-    return {k: v.to(device=device, dtype=dtype if v.is_floating_point() else v.dtype) for k, v in batch.items()}
+from loss_timing import cuda_peak_extra, device_label, make_batch, round_robin
 
 
 def actor_config(loss_mode: str, loss_agg_mode: str, vocab_size: int):
@@ -50,31 +34,22 @@ def actor_config(loss_mode: str, loss_agg_mode: str, vocab_size: int):
     )
 
 
-def run_once(fn, batch: dict, config, extra: dict, device: torch.device) -> tuple[float, int]:
-    lp = batch["log_prob"].detach().clone().requires_grad_(True)
-    saved = []
+def registered_case(fn, batch: dict, config, extra: dict):
+    """A registered veRL policy loss on ``batch`` as a ``log_prob -> loss`` case."""
 
-    def pack(t):
-        saved.append(t.numel() * t.element_size() if t.data_ptr() != lp.data_ptr() else 0)
-        return t
-
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    def case(log_prob: torch.Tensor) -> torch.Tensor:
         loss, _ = fn(
             old_log_prob=batch["old_log_prob"],
-            log_prob=lp,
+            log_prob=log_prob,
             advantages=batch["advantages"],
             response_mask=batch["response_mask"],
             loss_agg_mode=config.loss_agg_mode,
             config=config,
             **extra,
         )
-    loss.backward()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start, sum(saved)
+        return loss
+
+    return case
 
 
 def main() -> None:
@@ -100,31 +75,20 @@ def main() -> None:
         "espo": (actor_config("espo", "token-mean", 151936), {"old_entropy": batch["old_entropy"]}),
     }
     fns = {name: get_policy_loss_fn(name) for name in cases}
-    for name, (config, extra) in cases.items():
-        for _ in range(args.warmup):
-            run_once(fns[name], batch, config, extra, device)
+    loss_cases = {name: registered_case(fns[name], batch, config, extra) for name, (config, extra) in cases.items()}
     # Round-robin over the losses so that machine noise hits all of them alike.
-    times: dict[str, list[float]] = {name: [] for name in cases}
-    saved: dict[str, int] = {}
-    for _ in range(args.repeats):
-        for name, (config, extra) in cases.items():
-            t, saved[name] = run_once(fns[name], batch, config, extra, device)
-            times[name].append(t)
+    timed = round_robin(loss_cases, batch["log_prob"], device, args.repeats, args.warmup)
     results = {
-        name: {"median_ms": 1e3 * statistics.median(times[name]), "saved_for_backward_BT": saved[name] / unit}
+        name: {"median_ms": timed[name]["median_ms"], "saved_for_backward_BT": timed[name]["saved_bytes"] / unit}
         for name in cases
     }
     if device.type == "cuda":
-        for name, (config, extra) in cases.items():
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            base = torch.cuda.memory_allocated()
-            run_once(fns[name], batch, config, extra, device)
-            results[name]["cuda_peak_extra_BT"] = (torch.cuda.max_memory_allocated() - base) / unit
+        for name, case in loss_cases.items():
+            results[name]["cuda_peak_extra_BT"] = cuda_peak_extra(case, batch["log_prob"], device) / unit
 
     espo = results["espo"]["median_ms"]
     summary = {
-        "device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
+        "device": device_label(device),
         "shape": [args.rows, args.tokens],
         "dtype": args.dtype,
         "results": results,

@@ -13,8 +13,8 @@ from fractions import Fraction
 import torch
 
 
-def reference_high_sets(entropy, mask, rho, grouping="sequence", threshold=None):
-    """Per row, the set of token positions in the high-entropy group."""
+def reference_high_sets(entropy, mask, rho, grouping="sequence", threshold=None, ties="join"):
+    """Per row, the set of token positions in the high-entropy group (``ties``: ``join`` or ``position``)."""
     B, T = mask.shape
     out = []
     for i in range(B):
@@ -24,6 +24,10 @@ def reference_high_sets(entropy, mask, rho, grouping="sequence", threshold=None)
             continue
         if grouping == "sequence":
             k = max(1, math.ceil(Fraction(str(rho)) * len(idx)))
+            if ties == "position":  # the k largest, earlier positions first among equals
+                ranked = sorted(idx, key=lambda t: (-float(entropy[i, t]), t))
+                out.append(set(ranked[:k]))
+                continue
             h = sorted((float(entropy[i, t]) for t in idx), reverse=True)[k - 1]
         else:
             h = threshold
@@ -57,6 +61,8 @@ def reference_espo(
     rho=0.2,
     grouping="sequence",
     threshold=None,
+    ties="join",
+    eps_min=0.0,
     ratio="gspo_token",
     clip="adaptive",
     alpha=0.02,
@@ -72,7 +78,7 @@ def reference_espo(
 ):
     """Scalar ESPO loss in float64; ``log_prob`` must require grad for gradient checks."""
     B, T = mask.shape
-    highs = reference_high_sets(entropy, mask, rho, grouping, threshold)
+    highs = reference_high_sets(entropy, mask, rho, grouping, threshold, ties)
     row_values, token_losses, n_rows, n_tokens = [], [], 0, 0
     for i in range(B):
         idx = [t for t in range(T) if bool(mask[i, t])]
@@ -88,6 +94,8 @@ def reference_espo(
             group_lr = sum(float(log_prob[i, t].detach()) - float(old_log_prob[i, t]) for t in g) / n  # detached, Eq. 10
             if clip == "adaptive":
                 e = alpha * (sum(float(entropy[i, t]) for t in g) / n) / math.log(vocab_size)
+                if e < eps_min:
+                    e = eps_min
                 lo, hi = 1 - e, 1 + e
             else:
                 lo, hi = 1 - clip_low, 1 + clip_high

@@ -11,6 +11,7 @@ from verl.utils.metric import AggregationType, Metric
 from verl.workers.utils.losses import ppo_loss
 
 from verl_espo.losses.espo import MissingOldEntropyError, compute_policy_loss_espo
+from verl_espo.losses.errors import MissingLossInputError
 from verl_espo.workers.actor_loss import ENTROPY_THRESHOLD_KEY, entropy_aware_ppo_loss, padded_old_entropy
 
 
@@ -106,7 +107,7 @@ def test_espo_gets_the_old_entropy_from_the_batch():
 def test_batch_threshold_travels_as_non_tensor_data():
     config = make_actor_config(loss_mode="espo", grouping="batch")
     data, out = micro_batch(seed=3)
-    with pytest.raises(ValueError, match="grouping=batch"):
+    with pytest.raises(MissingLossInputError, match="grouping=batch"):
         entropy_aware_ppo_loss(config, out, data)
     tu.assign_non_tensor(data, **{ENTROPY_THRESHOLD_KEY: 1.5})
     _, metrics = entropy_aware_ppo_loss(config, out, data)
@@ -121,3 +122,38 @@ def test_missing_old_entropy_is_an_error_not_a_default():
     # veRL's own ppo_loss (the stock trainer) reaches the same error.
     with pytest.raises(MissingOldEntropyError):
         ppo_loss(config, out, data)
+
+
+def test_the_loss_shipped_to_workers_is_light_and_reads_the_vocabulary_from_the_model_config(tmp_path):
+    """make_actor_loss_fn ships plain containers (no tokenizer, no HFModelConfig); a worker rebuilds the actor
+    config on first call and reads |V| from the model's Hugging Face config only."""
+    import pickle
+
+    from hydra import compose, initialize_config_module
+
+    from verl_espo.toy.assets import build_tokenizer, build_tiny_model
+    from verl_espo.workers.actor_loss import ActorLossFn, make_actor_loss_fn
+
+    model_dir = tmp_path / "model"
+    build_tiny_model(model_dir, build_tokenizer(model_dir))
+    with initialize_config_module(config_module="verl_espo.config", version_base=None):
+        cfg = compose(
+            config_name="espo_trainer",
+            overrides=[
+                f"actor_rollout_ref.model.path={model_dir}",
+                "actor_rollout_ref.actor.strategy=fsdp2",
+                "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=1",
+            ],
+        )
+    fn = make_actor_loss_fn(cfg.actor_rollout_ref.actor, cfg.actor_rollout_ref.model)
+    shipped = pickle.dumps(fn)
+    assert len(shipped) < 20_000 and b"tokenizer" not in shipped
+    worker_fn = pickle.loads(shipped)
+    assert isinstance(worker_fn, ActorLossFn) and worker_fn._config is None
+    from verl_espo.losses.espo import resolve_vocab_size
+
+    config = worker_fn.config
+    assert config.policy_loss.loss_mode == "espo" and config.policy_loss.run_trainer_mode == "plugin_sync"
+    from transformers import AutoConfig
+
+    assert resolve_vocab_size(config, config.policy_loss.espo) == AutoConfig.from_pretrained(model_dir).vocab_size

@@ -124,7 +124,8 @@ def test_trainer_requires_the_plugin_loss_config():
     with open_dict(cfg):
         cfg.actor_rollout_ref.actor.strategy = "fsdp2"
         cfg.actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu = 1
-        del cfg.actor_rollout_ref.actor.policy_loss["espo"]
+        for key in ("espo", "run_trainer_mode", "run_use_v1", "run_bypass_mode"):
+            del cfg.actor_rollout_ref.actor.policy_loss[key]
     with pytest.raises(ValueError, match="PluginPolicyLossConfig"):
         check_trainer_config(cfg)
 

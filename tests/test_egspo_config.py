@@ -123,3 +123,27 @@ def test_espo_name_of_the_config_class_and_trainer_still_work():
 
     assert ESPOPolicyLossConfig is PluginPolicyLossConfig
     assert get_trainer_cls("espo_sync") is get_trainer_cls("plugin_sync")
+
+
+@pytest.mark.parametrize("name", ["espo_trainer", "egspo_trainer"])
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("trainer.use_v1=false", "trainer.use_v1=false is not supported"),
+        ("trainer.v1.trainer_mode=sync", "trainer.v1.trainer_mode=sync cannot. Set trainer.v1.trainer_mode=plugin_sync"),
+        ("trainer.v1.trainer_mode=colocate_async", "trainer.v1.trainer_mode=colocate_async cannot"),
+        ("algorithm.rollout_correction.bypass_mode=true", "set algorithm.rollout_correction.bypass_mode=false"),
+    ],
+)
+def test_settings_that_drop_the_old_entropy_fail_at_config_time(name, override, message):
+    cfg = compose_cfg(name, override)
+    with pytest.raises(InstantiationException, match="needs the old policy's per-token entropy") as info:
+        omega_conf_to_dataclass(cfg.actor_rollout_ref.actor)  # what the driver's validate_config does
+    assert message in str(info.value)
+
+
+def test_chord_without_expert_rows_runs_on_any_trainer_and_the_old_trainer_name_is_accepted():
+    cfg = compose_cfg("chord_trainer", "trainer.v1.trainer_mode=sync")
+    assert omega_conf_to_dataclass(cfg.actor_rollout_ref.actor).policy_loss.loss_mode == "chord"
+    cfg = compose_cfg("espo_trainer", "trainer.v1.trainer_mode=espo_sync")
+    assert omega_conf_to_dataclass(cfg.actor_rollout_ref.actor).policy_loss.run_trainer_mode == "espo_sync"

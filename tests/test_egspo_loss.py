@@ -212,9 +212,7 @@ def test_rollout_is_weights_multiply_the_rollout_token_losses():
     expert = torch.tensor(EXPERT)
     egspo, gate_kw, gate_ref = gate_inputs("batch", batch, expert)
     config = plugin_config(egspo=egspo, loss_agg_mode="seq-mean-token-mean")
-    loss, grad, _ = loss_and_grad(
-        "egspo", batch, config, rollout_is_weights=w, expert_mask=expert, mu=0.1, **gate_kw
-    )
+    loss, grad, _ = loss_and_grad("egspo", batch, config, rollout_is_weights=w, expert_mask=expert, mu=0.1, **gate_kw)
     ref_loss, ref_grad = ref_loss_and_grad(
         batch, rollout_is_weights=w, expert=expert, mu=0.1, loss_agg_mode="seq-mean-token-mean", **gate_ref
     )
@@ -222,17 +220,35 @@ def test_rollout_is_weights_multiply_the_rollout_token_losses():
     assert_same(grad, ref_grad)
 
 
-def test_expert_rows_ignore_advantages_old_log_probs_and_entropies():
+@pytest.mark.parametrize("key", ["advantages", "old_log_prob", "old_entropy"])
+@pytest.mark.parametrize("loss_mode", ["egspo", "chord"])
+def test_expert_rows_ignore_advantages_old_log_probs_and_entropies(loss_mode, key):
+    """The RL inputs of expert rows (the trainer sets A = 0 there) do not enter the loss; non-finite old log-probs
+    and entropies there change nothing either (non-finite advantages: see the padding test, same code path)."""
     batch = make_batch(seed=3)
     expert = torch.tensor(EXPERT)
     egspo, gate_kw, _ = gate_inputs("batch", batch, expert)
-    config = plugin_config(egspo=egspo)
-    loss, grad, _ = loss_and_grad("egspo", batch, config, expert_mask=expert, mu=0.3, **gate_kw)
-    other = dict(batch)
-    for key, value in (("advantages", 7.0), ("old_log_prob", -9.0), ("old_entropy", 99.0)):
-        other[key] = torch.where(expert.unsqueeze(-1), torch.full_like(batch[key], value), batch[key])
-    loss2, grad2, _ = loss_and_grad("egspo", other, config, expert_mask=expert, mu=0.3, **gate_kw)
-    assert torch.equal(loss, loss2) and torch.equal(grad, grad2)
+    config = plugin_config(loss_mode, egspo=egspo)
+    kw = dict(expert_mask=expert, mu=0.3, **gate_kw)
+    loss, grad, _ = loss_and_grad(loss_mode, batch, config, **kw)
+    for value in (7.0, -9.0) if key == "advantages" else (7.0, -9.0, math.nan, math.inf, -math.inf):
+        other = {**batch, key: torch.where(expert.unsqueeze(-1), torch.full_like(batch[key], value), batch[key])}
+        loss2, grad2, _ = loss_and_grad(loss_mode, other, config, **kw)
+        assert torch.equal(loss, loss2), value
+        assert torch.equal(grad, grad2), (value, grad2[expert])
+
+
+@pytest.mark.parametrize("loss_mode", ["egspo", "chord"])
+def test_expert_rows_without_tokens_leave_pure_rl(loss_mode):
+    """A step whose expert rows hold no token has no SFT part: the loss is L_RL (token-mean: the pure-RL loss)."""
+    batch = make_batch(seed=6)
+    expert = torch.tensor([i == 6 for i in range(len(LENGTHS))])  # row 6 is empty
+    config = plugin_config(loss_mode, egspo={"gate": "sequence", "high_entropy_ratio": RHO})
+    loss, grad, metrics = loss_and_grad(loss_mode, batch, config, expert_mask=expert, mu=0.5)
+    want_loss, want_grad, _ = loss_and_grad(loss_mode, batch, config)
+    assert_same(loss, want_loss, rtol=0, atol=1e-15)
+    assert_same(grad, want_grad, rtol=0, atol=1e-15)
+    assert metrics["actor/hybrid/expert_tokens"] == 0 and metrics["actor/hybrid/expert_rows"] == 1
 
 
 def test_inputs_through_the_actor_loss_channel_equal_keywords():
@@ -438,32 +454,31 @@ def test_extreme_log_ratios_give_finite_gradients(phi_source, agg):
     assert_same(grad, ref_grad)
 
 
-def _poison(batch, value):
-    pad = ~batch["response_mask"]
-    out = dict(batch)
-    for key in ("old_log_prob", "advantages", "old_entropy"):
-        out[key] = batch[key].masked_fill(pad, value)
-    return out
+def _poison(batch, key, value):
+    return {**batch, key: batch[key].masked_fill(~batch["response_mask"], value)}
 
 
-@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+@pytest.mark.parametrize("key", ["old_log_prob", "advantages", "old_entropy", "log_prob"])
 @pytest.mark.parametrize("loss_mode,gate", [("egspo", "batch"), ("egspo", "sequence"), ("chord", None)])
-def test_nonfinite_padding_does_not_leak(loss_mode, gate, value):
-    """NaN / inf in the padded positions of old_log_prob, advantages and old_entropy change nothing."""
+def test_nonfinite_padding_does_not_leak(loss_mode, gate, key):
+    """NaN / inf in the padded positions of one input change neither the loss nor its gradient (``log_prob``: -inf,
+    what a model gives a token it cannot emit), pure RL and hybrid, every aggregation mode."""
     batch = make_batch(seed=19)
     expert = torch.tensor(EXPERT)
     kw, egspo = {"expert_mask": expert, "mu": 0.1}, None
     if gate is not None:
         egspo, gate_kw, _ = gate_inputs(gate, batch, expert)
         kw.update(gate_kw)
-    for agg in AGG_MODES:
-        config = plugin_config(loss_mode, loss_agg_mode=agg, egspo=egspo)
-        for mix_kw in (kw, {k: v for k, v in kw.items() if k not in ("expert_mask", "mu")}):
-            clean_loss, clean_grad, _ = loss_and_grad(loss_mode, batch, config, **mix_kw)
-            loss, grad, metrics = loss_and_grad(loss_mode, _poison(batch, value), config, **mix_kw)
-            assert torch.equal(loss, clean_loss), (agg, mix_kw.keys(), loss)
-            assert torch.equal(grad, clean_grad), (agg, mix_kw.keys(), grad[~batch["response_mask"]])
-            assert all(math.isfinite(v) for v in metrics.values()), metrics
+    for value in [-math.inf] if key == "log_prob" else [math.nan, math.inf, -math.inf]:
+        for agg in AGG_MODES:
+            config = plugin_config(loss_mode, loss_agg_mode=agg, egspo=egspo)
+            for mix_kw in (kw, {k: v for k, v in kw.items() if k not in ("expert_mask", "mu")}):
+                clean_loss, clean_grad, _ = loss_and_grad(loss_mode, batch, config, **mix_kw)
+                loss, grad, metrics = loss_and_grad(loss_mode, _poison(batch, key, value), config, **mix_kw)
+                where = (value, agg, "hybrid" if "expert_mask" in mix_kw else "rl")
+                assert torch.equal(loss, clean_loss), (where, loss)
+                assert torch.equal(grad, clean_grad), (where, grad[~batch["response_mask"]])
+                assert all(math.isfinite(v) for v in metrics.values()), (where, metrics)
 
 
 @pytest.mark.parametrize("loss_mode", ["egspo", "chord"])
@@ -522,8 +537,13 @@ def test_metrics_on_a_hand_counted_case():
         assert metrics[f"actor/hybrid/{key}"] == value
     assert metrics["actor/pg_clipfrac"] == 0.0 and metrics["actor/ppo_kl"] == 0.0
 
-    _, plain = call("egspo", batch, plugin_config(egspo={"gate": "threshold", "threshold": 1.0},
-                                                  hybrid={"sft_phi": False}), expert_mask=expert, mu=0.1)
+    _, plain = call(
+        "egspo",
+        batch,
+        plugin_config(egspo={"gate": "threshold", "threshold": 1.0}, hybrid={"sft_phi": False}),
+        expert_mask=expert,
+        mu=0.1,
+    )
     assert plain["actor/hybrid/sft_weight_mean"] == 1.0
     assert plain["actor/hybrid/sft_loss"] == pytest.approx(math.log(10) / 3, rel=1e-12)
 
@@ -570,8 +590,13 @@ def test_mismatched_or_incomplete_counts_are_errors():
     with pytest.raises(ValueError, match="differ from the mini-batch"):
         call("egspo", batch, config, hybrid_counts=counts, **_hybrid_kw())
     with pytest.raises(ValueError, match="rollout_rows"):
-        call("egspo", batch, config, hybrid_counts={k: v for k, v in counts.items() if k != "rollout_rows"},
-             **_hybrid_kw())
+        call(
+            "egspo",
+            batch,
+            config,
+            hybrid_counts={k: v for k, v in counts.items() if k != "rollout_rows"},
+            **_hybrid_kw(),
+        )
 
 
 def test_bad_direct_inputs_are_errors():

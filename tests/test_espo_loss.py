@@ -380,3 +380,99 @@ def test_vocab_size_comes_from_the_model_config():
     loss_auto, _ = _call(batch, config)
     loss_explicit, _ = _call(batch, make_actor_config(vocab_size=100))
     torch.testing.assert_close(loss_auto, loss_explicit)
+
+
+# ---------------------------------------------------------------- ties, eps floor, the paper's scale
+
+
+def _bf16_entropies(B: int, T: int, seed: int) -> torch.Tensor:
+    """Entropies as veRL computes them from bf16 logits: many near zero, bf16-rounded, so ties are common."""
+    g = torch.Generator().manual_seed(seed)
+    raw = torch.distributions.Exponential(torch.tensor(2.0)).sample((B, T)) * (torch.rand(B, T, generator=g) < 0.4)
+    return raw.to(torch.bfloat16).to(torch.float64)
+
+
+@pytest.mark.parametrize("rho", [0.1, 0.2, 0.4])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_position_ties_give_exactly_k_tokens_on_bf16_entropies(rho, seed):
+    torch.manual_seed(seed)
+    entropy = _bf16_entropies(12, 40, seed)
+    mask = torch.ones(12, 40, dtype=torch.bool)
+    mask[3, 25:] = False
+    mask[7, 1:] = False  # a length-1 row
+    got = sequence_high_entropy_mask(entropy, mask, rho, ties="position")
+    want = reference_high_sets(entropy, mask, rho, ties="position")
+    for i, positions in enumerate(want):
+        assert set(torch.nonzero(got[i]).flatten().tolist()) == positions
+    k = high_entropy_count(rho, mask.sum(-1))
+    assert torch.equal(got.sum(-1), k)
+    join = sequence_high_entropy_mask(entropy, mask, rho, ties="join")
+    assert (got <= join).all() and (join.sum(-1) >= k).all()  # position keeps a subset of the tied set
+
+
+def test_tie_collapse_is_logged_and_position_ties_keep_two_groups():
+    batch = random_batch(B=4, T=10, seed=2, lengths=[10, 10, 5, 1])
+    batch["old_entropy"][0] = 0.5  # all tied: "join" makes the row a single group
+    batch["old_entropy"][2] = 0.0
+    _, _, joined = _loss_and_grad(batch, make_actor_config(ties="join"))
+    _, _, positional = _loss_and_grad(batch, make_actor_config(ties="position"))
+    # rows 0 and 2 collapse under "join"; row 3 (length 1) has k = L and is not counted
+    assert joined["actor/espo/tie_collapse_frac"] == pytest.approx(2 / 4)
+    assert positional["actor/espo/tie_collapse_frac"] == 0.0
+    assert positional["actor/espo/num_groups_mean"] > joined["actor/espo/num_groups_mean"]
+
+
+@pytest.mark.parametrize("ties", ["join", "position"])
+def test_position_ties_loss_matches_reference(ties):
+    batch = random_batch(B=8, T=11, seed=4, tie_entropy=True)
+    loss, grad, _ = _loss_and_grad(batch, make_actor_config(alpha=0.2, ties=ties))
+    ref_loss, ref_grad = _reference_loss_and_grad(batch, ties=ties, alpha=0.2, vocab_size=100)
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-9, atol=1e-12)
+
+
+def test_eps_is_never_negative_and_eps_min_floors_it():
+    batch = random_batch(B=6, T=9, seed=6)
+    batch["old_entropy"] = batch["old_entropy"] - 1.5  # some groups' mean entropy below zero (rounding)
+    batch["old_entropy"][1] = 0.0
+    for eps_min in (0.0, 1e-3):
+        config = make_actor_config(alpha=0.5, eps_min=eps_min)
+        loss, grad, metrics = _loss_and_grad(batch, config)
+        assert metrics["actor/espo/low/eps_mean"] >= eps_min and metrics["actor/espo/high/eps_mean"] >= eps_min
+        ref_loss, ref_grad = _reference_loss_and_grad(batch, alpha=0.5, vocab_size=100, eps_min=eps_min)
+        torch.testing.assert_close(loss, ref_loss, rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(grad, ref_grad, rtol=1e-9, atol=1e-12)
+        assert torch.isfinite(grad).all()
+    with pytest.raises(ValueError, match="eps_min must be in"):
+        make_actor_config(eps_min=-0.1)
+
+
+@pytest.mark.parametrize("grouping", ["sequence", "batch"])
+@pytest.mark.parametrize("ties", ["join", "position"])
+def test_paper_scale_clip_decisions_match_reference(grouping, ties):
+    """alpha 0.02, |V| 151,936: eps between 1e-4 and 4e-3, log-ratios of the same size, so clip decisions sit
+    next to the bounds; entropies include zeros, negatives (rounding) and all-equal rows."""
+    g = torch.Generator().manual_seed(11)
+    B, T = 16, 48
+    batch = random_batch(B=B, T=T, seed=11, lengths=[T, 1, 0, 17, T, 30, 5, T, 9, T, 2, T, 40, T, 33, 12])
+    entropy = _bf16_entropies(B, T, 11) * 1.2
+    entropy[4] = 0.0  # zero entropy: eps = 0, every moved token clips
+    entropy[5] = -1e-3  # rounded below zero: eps clamped at 0
+    entropy[7] = 0.75  # all equal
+    batch["old_entropy"] = entropy
+    batch["log_prob"] = batch["old_log_prob"] + torch.randn(B, T, generator=g, dtype=torch.float64) * 2e-3
+    eps = 0.02 * entropy[entropy > 0] / math.log(151936)
+    assert 1e-4 < float(eps.median()) < 4e-3
+    kw = {}
+    threshold = None
+    if grouping == "batch":
+        threshold = reference_batch_threshold(entropy, batch["response_mask"], 0.2)
+        kw["entropy_threshold"] = threshold
+    config = make_actor_config(alpha=0.02, vocab_size=151936, grouping=grouping, ties=ties)
+    loss, grad, metrics = _loss_and_grad(batch, config, **kw)
+    ref_loss, ref_grad = _reference_loss_and_grad(
+        batch, grouping=grouping, threshold=threshold, ties=ties, alpha=0.02, vocab_size=151936
+    )
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-9, atol=1e-15)
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-9, atol=1e-15)
+    assert 0.05 < metrics["actor/pg_clipfrac"] < 0.95  # many decisions on each side of the bounds

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from verl_espo.report.runs import read_file_logger
 from verl_espo.toy.assets import build_assets
 from verl_espo.toy.task import write_dataset, write_expert_dataset
 
@@ -132,24 +133,13 @@ def _env(out: Path) -> dict[str, str]:
     return env
 
 
-def _read_records(path: Path, offset: int) -> tuple[list[dict], int]:
-    """Complete JSON lines of veRL's file logger after byte ``offset``, and the new offset."""
-    if not path.exists():
-        return [], offset
-    with open(path, "rb") as f:
-        f.seek(offset)
-        chunk = f.read()
-    end = chunk.rfind(b"\n") + 1
-    return [json.loads(line) for line in chunk[:end].splitlines() if line.strip()], offset + end
-
-
 def _follow(proc: subprocess.Popen, metrics: Path, say, deadline: Optional[float]) -> tuple[int, list[dict]]:
     """Wait for the trainer, echoing each logged step as it appears; kill it past ``deadline``."""
     records: list[dict] = []
     offset = 0
     while True:
         returncode = proc.poll()
-        new, offset = _read_records(metrics, offset)
+        new, offset = read_file_logger(metrics, offset)
         for record in new:
             records.append(record)
             say("[smoke] " + format_step(int(record["step"]), record["data"]))

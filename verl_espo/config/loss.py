@@ -29,6 +29,9 @@ __all__ = [
     "HYBRID_KEY_PREFIX",
 ]
 
+#: V1 trainer modes that run the plugin's trainer (``espo_sync`` is its older name).
+PLUGIN_TRAINER_MODES = ("plugin_sync", "espo_sync")
+
 #: Where the ``espo`` block lives in the full veRL config, for error messages.
 ESPO_KEY_PREFIX = "actor_rollout_ref.actor.policy_loss.espo"
 EGSPO_KEY_PREFIX = "actor_rollout_ref.actor.policy_loss.egspo"
@@ -39,6 +42,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "ratio": ("gspo_token", "literal"),
     "clip": ("adaptive", "fixed"),
     "aggregation": ("paper", "actor"),
+    "ties": ("join", "position"),
 }
 
 
@@ -75,6 +79,11 @@ class ESPOConfig(BaseConfig):
         vocab_size: ``|V|`` of Eq. 8. ``None``: the actor model's ``config.vocab_size`` (logits size).
         aggregation: ``paper``: Eq. 5, each non-empty group weighs 1/K in its response, rows combined like
             veRL's ``seq-mean-token-sum``. ``actor``: the actor's ``loss_agg_mode`` on the token losses.
+        ties: ``grouping=sequence`` only. ``join``: tokens tied with the k-th largest entropy all join the high
+            group (Eq. 7's entropy range; a row of equal entropies is one group). ``position``: the earliest tied
+            tokens join until the high group has exactly ``k`` tokens.
+        eps_min: floor on each group's clip half-width, ``eps = max(alpha * H / ln|V|, eps_min)``, >= 0. The
+            default 0 keeps Eq. 8 as printed (and never lets a group's eps go negative).
     """
 
     grouping: str = "sequence"
@@ -84,10 +93,14 @@ class ESPOConfig(BaseConfig):
     alpha: float = 0.02
     vocab_size: Optional[int] = None
     aggregation: str = "paper"
+    ties: str = "join"
+    eps_min: float = 0.0
 
     def __post_init__(self) -> None:
         for key, choices in _CHOICES.items():
             _check_choice(ESPO_KEY_PREFIX, key, getattr(self, key), choices)
+        if not _is_number(self.eps_min) or not 0.0 <= float(self.eps_min) < 1.0:
+            raise ValueError(f"{ESPO_KEY_PREFIX}.eps_min must be in [0, 1), got {self.eps_min!r}")
         _check_ratio(ESPO_KEY_PREFIX, "high_entropy_ratio", self.high_entropy_ratio)
         alpha = self.alpha
         if not _is_number(alpha) or not float(alpha) > 0.0:
@@ -200,6 +213,12 @@ class PluginPolicyLossConfig(PolicyLossConfig):
     espo: ESPOConfig = field(default_factory=ESPOConfig)
     egspo: EGSPOConfig = field(default_factory=EGSPOConfig)
     hybrid: HybridConfig = field(default_factory=HybridConfig)
+    # The run's trainer settings, filled by interpolation in the plugin's *_algo.yaml (never set by hand), so that
+    # a setting under which the loss's inputs cannot reach it fails in the driver's config validation, before Ray
+    # starts. ``None`` when the config is built without a trainer config around it.
+    run_trainer_mode: Optional[str] = None
+    run_use_v1: Optional[bool] = None
+    run_bypass_mode: Optional[bool] = None
 
     def __post_init__(self) -> None:
         # BaseConfig freezes fields once set, hence object.__setattr__ for the coercion.
@@ -209,6 +228,31 @@ class PluginPolicyLossConfig(PolicyLossConfig):
             ("hybrid", HybridConfig, HYBRID_KEY_PREFIX),
         ):
             object.__setattr__(self, name, _coerce(getattr(self, name), cls, prefix))
+        self._check_run()
+
+    def _check_run(self) -> None:
+        from verl_espo.losses import ENTROPY_AWARE_LOSS_MODES  # the loss table imports this module
+
+        mode = self.loss_mode
+        if mode not in ENTROPY_AWARE_LOSS_MODES:
+            return
+        needs = f"policy_loss.loss_mode={mode} needs the old policy's per-token entropy"
+        if self.run_use_v1 is False:
+            raise ValueError(
+                f"{needs}, which veRL's legacy trainer drops: trainer.use_v1=false is not supported; set "
+                "trainer.use_v1=true (veRL's default)"
+            )
+        if self.run_bypass_mode:
+            raise ValueError(
+                f"{needs}, which veRL computes in the old-log-prob pass that algorithm.rollout_correction.bypass_mode"
+                "=true skips; set algorithm.rollout_correction.bypass_mode=false"
+            )
+        if self.run_trainer_mode is not None and self.run_trainer_mode not in PLUGIN_TRAINER_MODES:
+            raise ValueError(
+                f"{needs}, which only the plugin's trainer hands to the loss; trainer.v1.trainer_mode="
+                f"{self.run_trainer_mode} cannot. Set trainer.v1.trainer_mode=plugin_sync (the default of "
+                f"pkg://verl_espo.config/{mode}_trainer)"
+            )
 
 
 #: The name of :class:`PluginPolicyLossConfig` before EGSPO; configs that point at it keep working.

@@ -13,6 +13,7 @@ import torch
 from verl_espo.core.common import compute_dtype
 
 __all__ = [
+    "TIE_RULES",
     "high_entropy_count",
     "sequence_high_entropy_mask",
     "batch_entropy_threshold",
@@ -31,16 +32,26 @@ def high_entropy_count(rho: float, num_valid: torch.Tensor) -> torch.Tensor:
     return torch.maximum(torch.minimum(k, num_valid.to(torch.long)), torch.ones_like(k))
 
 
-def sequence_high_entropy_mask(entropy: torch.Tensor, response_mask: torch.Tensor, rho: float) -> torch.Tensor:
+#: How tokens tied with the k-th largest entropy of a response are treated by :func:`sequence_high_entropy_mask`.
+TIE_RULES = ("join", "position")
+
+
+def sequence_high_entropy_mask(
+    entropy: torch.Tensor, response_mask: torch.Tensor, rho: float, ties: str = "join"
+) -> torch.Tensor:
     """High-entropy group with per-sequence scope (Eq. 7; ``espo.grouping=sequence``).
 
     In a row with ``L`` valid tokens let ``h`` be the k-th largest entropy, ``k = max(1, ceil(rho * L))``.
-    The high group is every valid token with ``H >= h``: ties with the k-th all join, so a row whose
-    entropies are all equal is a single (high) group.
+    ``ties="join"``: the high group is every valid token with ``H >= h`` (Eq. 7's entropy *range*: tokens tied
+    with the k-th all join, so a row whose entropies are all equal is a single high group).
+    ``ties="position"``: every token with ``H > h``, then the earliest tokens with ``H == h`` until the group has
+    exactly ``k`` tokens (bf16-rounded entropies tie often; this keeps the share at ``rho``).
 
     ``h`` comes from one ``topk`` over the batch, from whichever end of the rows is shorter (the k-th
     largest is the ``(L - k + 1)``-th smallest), which is far cheaper than sorting whole rows.
     """
+    if ties not in TIE_RULES:
+        raise ValueError(f"ties must be one of {list(TIE_RULES)}, got {ties!r}")
     mask = response_mask.bool()
     if rho >= 1.0:
         return mask.clone()  # k = L: every valid token ties with or exceeds the smallest
@@ -55,7 +66,12 @@ def sequence_high_entropy_mask(entropy: torch.Tensor, response_mask: torch.Tenso
     else:
         low = torch.topk(values.masked_fill(~mask, math.inf), int(k_small_max), dim=-1, largest=False, sorted=True)
         kth = low.values.gather(-1, (k_small - 1).unsqueeze(-1))
-    return mask & (values >= kth)
+    if ties == "join":
+        return mask & (values >= kth)
+    above = mask & (values > kth)
+    tied = mask & (values == kth)
+    room = k - torch.count_nonzero(above, dim=-1)  # >= 1: fewer than k tokens lie strictly above the k-th
+    return above | (tied & (torch.cumsum(tied.to(torch.int32), dim=-1) <= room.unsqueeze(-1)))
 
 
 def batch_entropy_threshold(entropy: torch.Tensor, response_mask: torch.Tensor, rho: float) -> float:

@@ -114,6 +114,7 @@ def espo_token_terms(
     clip: str = "adaptive",
     alpha: float = 0.02,
     vocab_size: int | None = None,
+    eps_min: float = 0.0,
     clip_ratio_low: float | None = None,
     clip_ratio_high: float | None = None,
     rollout_is_weights: torch.Tensor | None = None,
@@ -131,6 +132,7 @@ def espo_token_terms(
         clip: ``"adaptive"`` (Eq. 8) or ``"fixed"`` (``[1 - clip_ratio_low, 1 + clip_ratio_high]``).
         alpha: Eq. 8 scale.
         vocab_size: ``|V|`` of Eq. 8, the model's logits dimension.
+        eps_min: floor on the adaptive clip half-width (>= 0).
         rollout_is_weights: optional ``(B, T)`` multiplicative per-token weights (veRL rollout correction).
     """
     if ratio not in ("gspo_token", "literal"):
@@ -161,7 +163,8 @@ def espo_token_terms(
         group_log_ratio = _group_sums(delta, high) / denom  # Eq. 10
         group_entropy = _group_sums(torch.where(mask, old_entropy.to(dtype), zero), high) / denom
         if clip == "adaptive":
-            eps_low = eps_high = alpha * group_entropy / math.log(vocab_size)  # Eq. 8
+            # Eq. 8, floored at eps_min >= 0: an entropy rounded below zero never gives a negative eps.
+            eps_low = eps_high = torch.clamp(alpha * group_entropy / math.log(vocab_size), min=eps_min)
             eps_tok = _per_token(eps_high, high)
             lower, upper = 1.0 - eps_tok, 1.0 + eps_tok
         else:

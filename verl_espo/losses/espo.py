@@ -15,7 +15,7 @@ from verl.trainer.ppo.core_algos import agg_loss, register_policy_loss
 from verl.workers.config import ActorConfig
 
 from verl_espo.config.loss import ESPO_KEY_PREFIX, ESPOConfig
-from verl_espo.core.entropy import sequence_high_entropy_mask, threshold_high_entropy_mask
+from verl_espo.core.entropy import high_entropy_count, sequence_high_entropy_mask, threshold_high_entropy_mask
 from verl_espo.core.espo import espo_metrics, espo_token_terms
 from verl_espo.losses.errors import MissingLossInputError, missing_old_entropy_message
 from verl_espo.losses.extras import current_extras
@@ -59,6 +59,16 @@ def resolve_vocab_size(config: ActorConfig, params: ESPOConfig) -> int:
     return int(vocab)
 
 
+def tie_collapse_fraction(terms, rho: float) -> float:
+    """Share of non-empty responses that should have two groups (``k < L``) but are one high group because every
+    token tied with the k-th largest entropy (``espo.ties=join`` with bf16-rounded entropies)."""
+    with torch.no_grad():
+        n_valid = terms.group_sizes.sum(dim=0)
+        k = high_entropy_count(rho, n_valid)
+        collapsed = (n_valid > 0) & (k < n_valid) & (terms.group_sizes[0] == n_valid)
+        return (torch.count_nonzero(collapsed) / torch.count_nonzero(n_valid).clamp(min=1)).item()
+
+
 @register_policy_loss("espo")  # type: ignore[arg-type]
 def compute_policy_loss_espo(
     old_log_prob: torch.Tensor,
@@ -100,7 +110,7 @@ def compute_policy_loss_espo(
 
     metrics: dict[str, Any] = {}
     if params.grouping == "sequence":
-        high = sequence_high_entropy_mask(old_entropy, response_mask, params.high_entropy_ratio)
+        high = sequence_high_entropy_mask(old_entropy, response_mask, params.high_entropy_ratio, ties=params.ties)
     else:
         if entropy_threshold is None:
             entropy_threshold = extras.get("entropy_threshold")
@@ -124,6 +134,7 @@ def compute_policy_loss_espo(
         clip=params.clip,
         alpha=params.alpha,
         vocab_size=resolve_vocab_size(config, params) if params.clip == "adaptive" else None,
+        eps_min=float(params.eps_min),
         clip_ratio_low=config.clip_ratio_low if config.clip_ratio_low is not None else config.clip_ratio,
         clip_ratio_high=config.clip_ratio_high if config.clip_ratio_high is not None else config.clip_ratio,
         rollout_is_weights=rollout_is_weights,
@@ -146,4 +157,6 @@ def compute_policy_loss_espo(
 
     metrics.update(espo_metrics(terms))
     metrics["actor/pg_clipfrac_lower"] = 0.0
+    if params.grouping == "sequence":
+        metrics["actor/espo/tie_collapse_frac"] = tie_collapse_fraction(terms, params.high_entropy_ratio)
     return loss, metrics

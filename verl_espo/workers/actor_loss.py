@@ -17,11 +17,10 @@ are veRL's) inside :func:`~verl_espo.losses.extras.policy_loss_extras`, which ha
 
 from __future__ import annotations
 
-from functools import partial
-from typing import Any, Callable
+from typing import Any, Optional
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from tensordict import TensorDict
 from verl.trainer.ppo.core_algos import agg_loss
 from verl.utils import tensordict_utils as tu
@@ -36,6 +35,7 @@ from verl_espo.losses.extras import policy_loss_extras
 __all__ = [
     "entropy_aware_ppo_loss",
     "make_actor_loss_fn",
+    "ActorLossFn",
     "OLD_ENTROPY_KEY",
     "ENTROPY_THRESHOLD_KEY",
     "EXPERT_KEY",
@@ -135,13 +135,64 @@ def entropy_aware_ppo_loss(
     return loss, metrics
 
 
-def make_actor_loss_fn(actor: DictConfig, model: DictConfig) -> Callable[..., tuple[torch.Tensor, dict[str, Any]]]:
+class ActorLossFn:
+    """The plugin's actor loss as shipped to the workers: plain containers, built into dataclasses in the worker.
+
+    The trainer hands only the resolved ``actor_rollout_ref.actor`` block (a dict) and the model path; each worker
+    builds its own ``ActorConfig`` on the first call (``ppo_loss`` writes per-micro-batch ``global_batch_info``
+    into it) and, when a loss needs ``|V|`` from the model (ESPO's adaptive clip with ``espo.vocab_size=null``),
+    reads the Hugging Face *config* only, not the tokenizer or weights veRL's ``HFModelConfig`` loads.
+    """
+
+    def __init__(self, actor: dict[str, Any], model_path: Optional[str], trust_remote_code: bool = False) -> None:
+        self.actor = actor
+        self.model_path = model_path
+        self.trust_remote_code = trust_remote_code
+        self._config: Optional[ActorConfig] = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_config": None}  # rebuilt in the receiving process
+
+    @property
+    def config(self) -> ActorConfig:
+        if self._config is None:
+            config = omega_conf_to_dataclass(OmegaConf.create(self.actor))
+            config.model_config = _LightModelConfig(self.model_path, self.trust_remote_code)
+            self._config = config
+        return self._config
+
+    def __call__(self, model_output: dict[str, Any], data: TensorDict, dp_group=None):
+        return entropy_aware_ppo_loss(self.config, model_output, data, dp_group)
+
+
+class _LightModelConfig:
+    """What the plugin's losses read of the model config: ``hf_config`` (for ``vocab_size``), loaded on first use."""
+
+    def __init__(self, path: Optional[str], trust_remote_code: bool) -> None:
+        self.path, self.trust_remote_code = path, trust_remote_code
+        self._hf_config = None
+
+    @property
+    def hf_config(self):
+        if self._hf_config is None and self.path is not None:
+            from transformers import AutoConfig
+
+            self._hf_config = AutoConfig.from_pretrained(self.path, trust_remote_code=self.trust_remote_code)
+        return self._hf_config
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return getattr(self, key, default)
+
+
+def make_actor_loss_fn(actor: DictConfig, model: DictConfig) -> ActorLossFn:
     """The loss function to hand to ``ActorRolloutRefWorker.set_loss_fn``.
 
-    ``actor`` and ``model`` are ``actor_rollout_ref.actor`` / ``.model`` of the trainer config. The actor
-    config dataclass gets the model config attached exactly as veRL's worker does in ``init_model``, so
-    the loss can read ``|V|`` from it.
+    ``actor`` and ``model`` are ``actor_rollout_ref.actor`` / ``.model`` of the trainer config. The actor block is
+    validated here (it builds the dataclasses once) and shipped as a resolved dict with the model path.
     """
-    config = omega_conf_to_dataclass(actor)
-    config.model_config = omega_conf_to_dataclass(model)
-    return partial(entropy_aware_ppo_loss, config=config)
+    omega_conf_to_dataclass(actor)  # fail here, in the trainer, on a bad config
+    return ActorLossFn(
+        OmegaConf.to_container(actor, resolve=True),
+        model.get("path", None),
+        bool(model.get("trust_remote_code", False)),
+    )

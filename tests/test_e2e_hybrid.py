@@ -1,0 +1,105 @@
+"""End-to-end: veRL's real PPO trainer with EGSPO and CHORD on CPU (``python -m verl_espo.smoke egspo|chord``).
+
+The whole stack runs (Ray, TransferQueue, FSDP2 actor, the ``hf`` rollout, reward, the ``plugin_sync`` trainer
+mixing the toy task's expert demonstrations into every step, the ``hybrid_grpo`` advantage, the gated loss).
+One EGSPO run of the bundled default is checked for what each part must produce and for learning; CHORD runs
+two steps. Deselect them with ``-m "not slow"``.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+EGSPO_STEPS = 40
+VAL_KEY = "val-core/toy_arithmetic/acc/mean@1"
+# egspo_smoke.yaml: 16 prompts x 8 rollouts + 16 expert rows per step, mu = 0.1
+ROLLOUT_ROWS, EXPERT_ROWS, MU = 128, 16, 0.1
+HYBRID_KEYS = (
+    "actor/hybrid/mu",
+    "actor/hybrid/rl_loss",
+    "actor/hybrid/sft_loss",
+    "actor/hybrid/sft_weight_mean",
+    "actor/hybrid/expert_nll",
+    "actor/hybrid/expert_rows",
+    "actor/hybrid/rollout_rows",
+    "actor/hybrid/expert_entropy",
+    "actor/hybrid/expert_rows_in_step",
+)
+EGSPO_KEYS = (
+    "actor/egspo/high_token_frac",
+    "actor/egspo/phi_mean_low",
+    "actor/egspo/weight_mean",
+    "actor/egspo/low_neg_adv_frac",
+    "actor/egspo/entropy_threshold",
+    "actor/step_entropy_threshold",
+)
+
+
+def _train_steps(result) -> list[dict]:
+    return [s for s in result.steps if "timing_s/step" in s]
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+@pytest.fixture(scope="module")
+def egspo_run(tmp_path_factory):
+    from verl_espo.smoke import run_smoke
+
+    result = run_smoke("egspo", EGSPO_STEPS, tmp_path_factory.mktemp("egspo_smoke"), echo=False, timeout_s=2400)
+    assert result.ok, Path(result.out_dir, "train.log").read_text()[-5000:]
+    return result
+
+
+def _check_hybrid_step(step: dict) -> None:
+    assert set(HYBRID_KEYS) <= step.keys(), sorted(k for k in step if k.startswith("actor/"))
+    assert all(math.isfinite(step[k]) for k in HYBRID_KEYS)
+    assert step["actor/hybrid/mu"] == pytest.approx(MU)
+    assert step["actor/hybrid/expert_rows"] == EXPERT_ROWS == step["actor/hybrid/expert_rows_in_step"]
+    assert step["actor/hybrid/rollout_rows"] == ROLLOUT_ROWS
+    # The loss is CHORD's mix of its two parts, each normalised over the whole step.
+    mixed = (1 - MU) * step["actor/hybrid/rl_loss"] + MU * step["actor/hybrid/sft_loss"]
+    assert step["actor/pg_loss"] == pytest.approx(mixed, rel=1e-5, abs=1e-8)
+    assert step["actor/hybrid/sft_loss"] > 0
+    # Expert rows stay out of veRL's rollout metrics: the rollout follows the actor on rollout rows only.
+    assert step["training/rollout_probs_diff_max"] < 1e-4
+
+
+@pytest.mark.slow
+def test_egspo_steps_mix_expert_rows_and_gate_rollout_tokens(egspo_run):
+    steps = _train_steps(egspo_run)
+    assert [s["step"] for s in steps] == list(range(1, EGSPO_STEPS + 1))
+    for step in steps:
+        _check_hybrid_step(step)
+        assert set(EGSPO_KEYS) <= step.keys()
+        # One threshold per step from the trainer, used by every micro-batch: about rho of the rollout tokens.
+        assert step["actor/egspo/entropy_threshold"] == pytest.approx(step["actor/step_entropy_threshold"])
+        assert 0.15 <= step["actor/egspo/high_token_frac"] <= 0.3
+        assert 0.0 <= step["actor/egspo/phi_mean_low"] <= 0.25
+        assert step["actor/egspo/phi_mean_low"] < step["actor/egspo/weight_mean"] <= 1.0
+
+
+@pytest.mark.slow
+def test_egspo_raises_the_reward_on_the_bundled_default(egspo_run):
+    rewards = [s["critic/score/mean"] for s in _train_steps(egspo_run)]
+    assert _mean(rewards[-5:]) >= _mean(rewards[:5]) + 0.2, rewards
+    validated = [s[VAL_KEY] for s in egspo_run.steps if VAL_KEY in s]
+    assert validated[-1] >= validated[0] + 0.2, validated
+
+
+@pytest.mark.slow
+def test_chord_smoke_runs_plain_ppo_with_the_sft_mix(tmp_path):
+    from verl_espo.smoke import run_smoke
+
+    result = run_smoke("chord", 2, tmp_path / "chord", echo=False, timeout_s=900)
+    assert result.ok, Path(result.out_dir, "train.log").read_text()[-5000:]
+    steps = _train_steps(result)
+    assert len(steps) == 2
+    for step in steps:
+        _check_hybrid_step(step)
+        assert not any(k.startswith("actor/egspo/") for k in step)  # no gate
+    assert "'loss_mode': 'chord'" in Path(result.out_dir, "train.log").read_text()

@@ -1,0 +1,230 @@
+"""Evaluate one checkpoint: write the benchmarks' file, run veRL's validation alone, turn its dump into the results.
+
+One ``python -m verl.trainer.main_ppo`` per checkpoint, with ``pkg://verl_espo.config/eval`` (GPUs, vLLM) or
+``eval_cpu`` (the plugin's CPU platform and ``hf`` rollout): ``trainer.val_only=true`` validates once and stops;
+each row's ``__rollout_n__`` gives its benchmark's samples per problem (:mod:`verl_espo.evaluation.data`);
+``trainer.validation_data_dir`` dumps every response with its correctness (:mod:`verl_espo.evaluation.reward`), which
+:mod:`verl_espo.evaluation.results` turns into ``eval.json`` and ``eval.md``. Process handling (environment, log
+following, the file logger) is the smoke runner's (:mod:`verl_espo.smoke`).
+
+Layout of ``<out>/<name>/``: ``eval.json``, ``eval.md``, ``generations/0.jsonl`` (veRL's dump), ``metrics.jsonl``
+(veRL's logged validation metrics), ``data/eval.parquet``, ``command.txt``, ``eval.log`` (the trainer's output) and
+``hydra/.hydra/config.yaml`` (the full config used).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from verl_espo.evaluation.data import write_eval_data
+from verl_espo.evaluation.protocol import Benchmark, Sampling, checkpoint_name
+from verl_espo.evaluation.results import benchmark_result, collect_samples, read_generations, write_results
+from verl_espo.smoke import _env, _follow, _merge_by_step, _tail
+
+__all__ = ["TOY_MODEL", "EvalRun", "build_command", "evaluate_checkpoint"]
+
+#: ``--model toy``: the bundled tiny model (:func:`verl_espo.toy.assets.build_assets`), built once under ``--out``.
+TOY_MODEL = "toy"
+
+
+@dataclass
+class EvalRun:
+    """Outcome of evaluating one checkpoint (``result`` is what ``eval.json`` holds; ``None`` if the run failed)."""
+
+    name: str
+    out_dir: Path
+    command: list[str]
+    returncode: int | None = None  # None: not run (dry run)
+    result: dict[str, Any] | None = None
+    files: list[Path] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0 and self.result is not None
+
+
+def build_command(
+    model: str | Path,
+    data_file: Path,
+    out: Path,
+    sampling: Sampling,
+    *,
+    name: str,
+    cpu: bool,
+    gpus: int = 1,
+    overrides: Sequence[str] = (),
+) -> list[str]:
+    """The ``main_ppo`` command of one evaluation (``overrides`` last, so they win)."""
+    return [
+        sys.executable,
+        "-m",
+        "verl.trainer.main_ppo",
+        "--config-path=pkg://verl_espo.config",
+        f"--config-name={'eval_cpu' if cpu else 'eval'}",
+        f"actor_rollout_ref.model.path={model}",
+        f"data.train_files={data_file}",
+        f"data.val_files={data_file}",
+        f"trainer.experiment_name={name}",
+        f"trainer.validation_data_dir={out / 'generations'}",
+        "trainer.logger=[console,file]",
+        f"trainer.default_local_dir={out / 'verl'}",
+        f"hydra.run.dir={out / 'hydra'}",
+        *([] if cpu else [f"trainer.n_gpus_per_node={gpus}"]),
+        *sampling.overrides(),
+        *overrides,
+    ]
+
+
+def _environment(out: Path, cpu: bool) -> dict[str, str]:
+    env = _env(out)  # the smoke runs' environment: VERL_PLATFORM=cpu, the file logger's path, quiet tokenizers
+    if not cpu:  # GPUs: veRL detects the platform itself, unless the caller chose one
+        env.pop("VERL_PLATFORM")
+        if "VERL_PLATFORM" in os.environ:
+            env["VERL_PLATFORM"] = os.environ["VERL_PLATFORM"]
+    return env
+
+
+def _used_config(out: Path) -> dict[str, Any]:
+    """Sampling settings from the config the run used (Hydra's ``.hydra/config.yaml``: overrides included)."""
+    from omegaconf import OmegaConf
+
+    path = out / "hydra" / ".hydra" / "config.yaml"
+    if not path.exists():
+        return {}
+    cfg = OmegaConf.load(path)
+    get = lambda key: OmegaConf.select(cfg, key, default=None)  # noqa: E731
+    kw = "actor_rollout_ref.rollout.val_kwargs"
+    return {
+        "rollout": get("actor_rollout_ref.rollout.name"),
+        "temperature": get(f"{kw}.temperature"),
+        "top_p": get(f"{kw}.top_p"),
+        "top_k": get(f"{kw}.top_k"),
+        "max_prompt_length": get("data.max_prompt_length"),
+        "max_response_length": get("data.max_response_length"),
+    }
+
+
+def _verl_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("verl")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def evaluate_checkpoint(
+    model: str | Path,
+    benchmarks: Sequence[Benchmark],
+    out_root: str | Path,
+    sampling: Sampling | None = None,
+    *,
+    name: str | None = None,
+    cpu: bool = False,
+    gpus: int = 1,
+    overrides: Sequence[str] = (),
+    timeout_s: float | None = None,
+    dry_run: bool = False,
+    echo: bool = True,
+) -> EvalRun:
+    """Evaluate ``model`` (a Hugging Face directory or hub id, or ``"toy"``) on ``benchmarks`` into ``out_root/name``.
+
+    ``overrides`` are extra Hydra overrides for ``main_ppo`` (e.g. ``actor_rollout_ref.rollout.
+    tensor_model_parallel_size=2``). ``dry_run`` writes the data and ``command.txt`` without running veRL.
+    """
+    sampling = sampling or Sampling()
+    say = print if echo else (lambda *a, **k: None)
+    start = time.time()
+    model = str(model)
+    if model == TOY_MODEL:
+        from verl_espo.toy.assets import build_assets
+
+        toy_dir = Path(out_root).resolve() / "toy_model"
+        if not (toy_dir / "config.json").exists():
+            say(f"[eval] building the bundled tiny model in {toy_dir}")
+            build_assets(toy_dir)
+        name, model = name or TOY_MODEL, str(toy_dir)
+    name = name or checkpoint_name(model)
+    out = Path(out_root).resolve() / name
+    out.mkdir(parents=True, exist_ok=True)
+
+    data_file = out / "data" / "eval.parquet"
+    written = write_eval_data(benchmarks, data_file)
+    for stale in [*(out / "generations").glob("*.jsonl"), out / "metrics.jsonl", out / "eval.json", out / "eval.md"]:
+        stale.unlink(missing_ok=True)
+    cmd = build_command(model, data_file, out, sampling, name=name, cpu=cpu, gpus=gpus, overrides=overrides)
+    (out / "command.txt").write_text(" ".join(cmd) + "\n")
+    run = EvalRun(name, out, cmd)
+    plan = ", ".join(f"{b.name} ({written[b.name].num_problems} x {b.n})" for b in benchmarks)
+    if dry_run:
+        say(f"[eval] {name}: dry run; data {data_file}; command {out / 'command.txt'}")
+        return run
+
+    say(f"[eval] {name}: {plan}; veRL's validation ({'CPU, hf rollout' if cpu else 'GPU'}); log {out / 'eval.log'}")
+    deadline = start + timeout_s if timeout_s is not None else None
+    with open(out / "eval.log", "wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=_environment(out, cpu), cwd=out)
+        try:
+            echo_line = lambda line: say(line.replace("[smoke]", "[eval]"))  # noqa: E731  (smoke's step lines)
+            run.returncode, records = _follow(proc, out / "metrics.jsonl", echo_line, deadline)
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+    if run.returncode != 0:
+        say(
+            f"[eval] {name}: veRL exited with {run.returncode}; last lines of {out / 'eval.log'}:\n"
+            + _tail(out / "eval.log", 40)
+        )
+        return run
+
+    logged = {k: v for step in _merge_by_step(records) for k, v in step.items() if k.startswith("val-")}
+    samples = collect_samples(
+        read_generations(out / "generations"), benchmarks, {b: w.num_problems for b, w in written.items()}
+    )
+    results = {}
+    for b in benchmarks:
+        sources = written[b.name].data_sources
+        results[b.name] = {
+            **benchmark_result(samples[b.name]),
+            "data_file": str(b.path) if b.path is not None else "generated (verl_espo.toy.task)",
+            "data_sources": list(sources),
+            # veRL's own metrics for the same rows (keyed by data_source; shared if benchmarks share a data_source)
+            "verl_metrics": {
+                k: v
+                for k, v in logged.items()
+                if k.split("/")[0] == "val-core" and any(k.startswith(f"val-core/{s}/") for s in sources)
+            },
+        }
+    used = _used_config(out)
+    run.result = {
+        "name": name,
+        "model": model,
+        "rollout": used.pop("rollout", None) or ("hf" if cpu else "vllm"),
+        "verl_version": _verl_version(),
+        "sampling": {
+            **{
+                k: getattr(sampling, k)
+                for k in ("temperature", "top_p", "top_k", "max_prompt_length", "max_response_length")
+            },
+            **used,
+        },
+        "benchmarks": results,
+        "wall_s": round(time.time() - start, 1),
+        "command": cmd,
+        "files": {
+            "generations": str(out / "generations"),
+            "metrics": str(out / "metrics.jsonl"),
+            "config": str(out / "hydra" / ".hydra" / "config.yaml"),
+        },
+    }
+    run.files = list(write_results(run.result, out))
+    say(f"[eval] {name}: done in {run.result['wall_s']:.0f} s; {run.files[0]}, {run.files[1]}")
+    return run
