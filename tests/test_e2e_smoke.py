@@ -181,6 +181,25 @@ def test_batch_grouping_threshold_is_computed_by_the_trainer(tmp_path):
 
 
 @pytest.mark.slow
+def test_espo_in_veRL_colocate_async_mode(tmp_path):
+    """plugin_colocate_async: veRL's colocate_async trainer (partial rollouts, weights one step behind) with the
+    plugin's actor loss; the same checks as the sync mode's."""
+    from verl_espo.smoke import run_smoke
+
+    overrides = ["trainer.v1.trainer_mode=plugin_colocate_async", "data.train_batch_size=16"]
+    result = run_smoke("espo", 2, tmp_path / "espo_async", overrides=overrides, echo=False, timeout_s=900)
+    assert result.ok, Path(result.out_dir, "train.log").read_text()[-5000:]
+    steps = _train_steps(result)
+    assert [s["step"] for s in steps] == [1, 2]
+    for step in steps:
+        espo = {k: v for k, v in step.items() if k.startswith("actor/espo/")}
+        assert set(ESPO_KEYS) <= espo.keys() and all(math.isfinite(v) for v in espo.values())
+        # one mini-batch per step: the loss saw exactly the old entropy the trainer computed
+        assert step["actor/espo/old_entropy"] == pytest.approx(step["actor/entropy"], abs=1e-5)
+    assert "'trainer_mode': 'plugin_colocate_async'" in Path(result.out_dir, "train.log").read_text()
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("algo,loss_mode", [("grpo", "vanilla"), ("gspo", "gspo")])
 def test_baseline_smoke_configs_run(tmp_path, algo, loss_mode):
     from verl_espo.smoke import run_smoke

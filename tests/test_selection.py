@@ -59,8 +59,8 @@ def tied_values(n: int, dtype: torch.dtype, g: torch.Generator, kind: str) -> to
 @pytest.mark.parametrize("kind", KINDS)
 def test_threshold_equals_topk_and_sort(dtype, kind):
     g = torch.Generator().manual_seed(DTYPES.index(dtype) * len(KINDS) + KINDS.index(kind))
-    for trial in range(8):
-        rows, cols = int(torch.randint(1, 9, (1,), generator=g)), int(torch.randint(1, 300, (1,), generator=g))
+    for trial in range(6):
+        rows, cols = int(torch.randint(1, 6, (1,), generator=g)), int(torch.randint(1, 200, (1,), generator=g))
         entropy = tied_values(rows * cols, dtype, g, kind).view(rows, cols)
         lengths = torch.randint(0, cols + 1, (rows,), generator=g)
         mask = torch.arange(cols)[None, :] < lengths[:, None]
@@ -69,8 +69,8 @@ def test_threshold_equals_topk_and_sort(dtype, kind):
         if trial % 4 == 2:
             mask = torch.ones_like(mask)  # the nested `.values()` case: every token valid
         n = int(mask.bool().sum())
-        for rho in (0.2, 1.0, 1e-9, 0.5, 0.999):
-            chunk = [61, 509, 1 << 20][trial % 3]  # several chunks and a partial last one, or a single chunk
+        for rho in (0.2, 1.0, 1e-9, 0.999) if trial % 2 else (0.2, 0.5):
+            chunk = [97, 1 << 20][trial % 2]  # several chunks and a partial last one, or a single chunk
             got = step_entropy_threshold(entropy, mask, rho, chunk_size=chunk)
             assert got == topk_threshold(entropy, mask, rho)
             assert got == batch_entropy_threshold(entropy, mask, rho)
@@ -83,11 +83,11 @@ def test_threshold_equals_topk_and_sort(dtype, kind):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_kth_largest_every_k(dtype):
     g = torch.Generator().manual_seed(1)
-    values = tied_values(97, dtype, g, "signed")
-    mask = torch.rand(97, generator=g) < 0.8
+    values = tied_values(50, dtype, g, "signed")
+    mask = torch.rand(50, generator=g) < 0.8
     n = int(mask.sum())
     for k in range(1, n + 1):  # k=1 is the maximum, k=N the minimum
-        got = kth_largest(values, k, mask, chunk_size=10)
+        got = kth_largest(values, k, mask, chunk_size=16)
         assert got == sort_kth(values, mask, k)
         valid = values.double()[mask]
         assert int((valid >= got).sum()) >= k and int((valid > got).sum()) < k  # definition of the k-th largest
@@ -120,7 +120,7 @@ def test_nan():
     assert math.isnan(topk_threshold(values, mask, 0.2))  # today: NaN ranks first and min() propagates it
     assert math.isnan(step_entropy_threshold(values, mask, 0.2))
     padded = torch.tensor([1, 0, 1, 1])  # NaN only in padding: ignored
-    assert step_entropy_threshold(values, padded, 0.5) == topk_threshold(values, padded, 0.5) == 0.3
+    assert step_entropy_threshold(values, padded, 0.5) == topk_threshold(values, padded, 0.5) == float(values[3])
     with pytest.raises(ValueError, match="NaN"):
         kth_largest(values, 2)
     for dtype in (torch.bfloat16, torch.float16, torch.float64):
@@ -130,7 +130,8 @@ def test_nan():
         odd_nan = struct.unpack("<f", struct.pack("<I", bits))[0]
         x = torch.tensor([0.5, math.inf, odd_nan, -math.inf, 0.1])
         assert math.isnan(step_entropy_threshold(x, torch.ones(5), 0.2))
-        assert step_entropy_threshold(x, torch.tensor([1, 1, 0, 1, 1]), 0.5) == 0.1
+        padded = torch.tensor([1, 1, 0, 1, 1])  # only the NaN is padding: {inf, 0.5, 0.1, -inf}, k = 2
+        assert step_entropy_threshold(x, padded, 0.5) == topk_threshold(x, padded, 0.5) == 0.5
 
 
 def test_high_share_count_matches_high_entropy_count():

@@ -184,6 +184,19 @@ def test_07_platform_registry_and_selection(monkeypatch):
 
 
 # ----------------------------------------------------------------------------- the trainer
+def extended_verl_trainers() -> set[type]:
+    """The veRL trainer classes the plugin's registered trainers extend."""
+    from verl.trainer.ppo.v1.trainer_base import TRAINER_REGISTRY
+
+    return {
+        base
+        for cls in TRAINER_REGISTRY.values()
+        if cls.__module__.startswith("verl_espo.")
+        for base in cls.__mro__[1:]
+        if base.__module__.startswith("verl.") and base in TRAINER_REGISTRY.values()
+    }
+
+
 def test_08_trainer_mode_is_a_plain_attribute_compared_with_sync():
     from verl.trainer.ppo.v1.trainer_base import PPOTrainer
 
@@ -196,6 +209,18 @@ def test_08_trainer_mode_is_a_plain_attribute_compared_with_sync():
     assert re.search(r'self\.trainer_mode\s*[!=]=\s*"sync"', inspect.getsource(PPOTrainer)), row(
         8, 'PPOTrainer no longer compares trainer_mode with "sync"; the plugin trainer\'s override may be obsolete'
     )
+    assert "self.config.trainer.v1.get(self.trainer_mode, {})" in inspect.getsource(PPOTrainer.__init__), row(
+        8, "PPOTrainer no longer reads the mode's settings from trainer.v1.<trainer_mode>"
+    )
+    # Each plugin trainer behaves as the veRL mode it extends: that mode must still name that veRL class.
+    from verl.trainer.ppo.v1.trainer_base import TRAINER_REGISTRY
+
+    plugin_trainers = {n: c for n, c in TRAINER_REGISTRY.items() if c.__module__.startswith("verl_espo.")}
+    assert plugin_trainers, "the plugin registered no trainer"
+    for name, cls in plugin_trainers.items():
+        mode = getattr(cls, "base_trainer_mode", "sync")
+        base = TRAINER_REGISTRY.get(mode)
+        assert base is not None and base in cls.__mro__, row(8, f"{name}: veRL's {mode!r} trainer is now {base}")
 
 
 def test_09_update_actor_hook_and_extra_info_path():
@@ -203,6 +228,9 @@ def test_09_update_actor_hook_and_extra_info_path():
     from verl.utils import transferqueue_utils
 
     assert params(PPOTrainer._update_actor) == ["batch", "metrics"], row(9, "PPOTrainer._update_actor's signature")
+    for base in extended_verl_trainers():  # the async trainers may override the hooks the plugin overrides
+        for hook in ("_update_actor", "_compute_old_log_prob", "_balance_batch"):
+            assert params(getattr(base, hook)) == params(getattr(PPOTrainer, hook)), row(9, f"{base.__name__}.{hook}")
     body = inspect.getsource(PPOTrainer._update_actor)
     assert "batch.extra_info.update(" in body and "self.actor_rollout_wg.update_actor(batch)" in body, row(
         9, "_update_actor no longer sends batch.extra_info to the actor workers"
@@ -299,13 +327,26 @@ def test_13_ppo_loss_calls_the_policy_loss_and_aggregates_as_the_plugin_assumes(
     assert metric.aggregation == AggregationType.MAX and list(metric.values) == [1.0, 3.0], row(13, "Metric")
 
 
-def test_14_the_worker_attaches_the_model_config_to_the_actor_config():
+def test_14_the_engine_calls_the_installed_loss_and_the_actor_config_takes_a_model_config():
+    from verl.workers.config import ActorConfig
+    from verl.workers.engine.fsdp import transformer_impl
     from verl.workers.engine_workers import ActorRolloutRefWorker
 
-    assert "actor_config.model_config = model_config" in inspect.getsource(ActorRolloutRefWorker.init_model), row(
-        14, "the actor worker no longer sets actor_config.model_config (the loss reads |V| from it)"
-    )
+    from verl_espo.workers.actor_loss import ActorLossFn
+
     assert params(ActorRolloutRefWorker.set_loss_fn) == ["loss_fn"], row(14, "ActorRolloutRefWorker.set_loss_fn")
+    passed = set()
+    for node in ast.walk(ast.parse(inspect.getsource(transformer_impl))):
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "loss_function":
+            passed |= {k.arg for k in node.keywords if k.arg is not None}
+    assert passed == {"model_output", "data", "dp_group"}, row(14, f"the engine calls the loss with {passed}")
+    assert passed <= set(params(ActorLossFn.__call__)), row(14, "ActorLossFn.__call__ does not take them")
+    assert "model_config" in getattr(ActorConfig, "_mutable_fields", ()), row(
+        14, "ActorConfig.model_config is no longer settable (the loss reads |V| from model_config.hf_config)"
+    )
+    assert "actor_config.model_config = model_config" in inspect.getsource(ActorRolloutRefWorker.init_model), row(
+        14, "veRL's own worker no longer attaches the model config the same way"
+    )
 
 
 # ----------------------------------------------------------------------------- the smoke runs

@@ -284,8 +284,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("algo", choices=ALGOS)
     parser.add_argument("--steps", type=int, default=40, help="training steps (default 40, about 9 minutes on 2 cores)")
     parser.add_argument("--out", default=None, help="work directory (default outputs/smoke/<algo>-<time>)")
+    parser.add_argument(
+        "--model-dir", default=None, help="Hugging Face model to train (default: the bundled tiny model, built in OUT)"
+    )
     args, overrides = parser.parse_known_args(argv)  # everything else: Hydra overrides for main_ppo
-    result = run_smoke(args.algo, args.steps, args.out, overrides)
+    result = run_smoke(args.algo, args.steps, args.out, overrides, model_dir=args.model_dir)
     return 0 if result.ok and result.summary["steps_completed"] >= args.steps else 1
 
 

@@ -303,8 +303,9 @@ def run_cpu_smoke(
     summary: dict[str, Any] = {"sft": dict(vars(sft)), "rl": None}
     if sft.ok and rl_steps > 0:
         say(
-            f"[stages] stages 2-3 (EGSPO RL, veRL's main_ppo with egspo_smoke) for {rl_steps} steps from {sft.hf_dir}: "
-            f"run_smoke('egspo', model_dir=...); the exact command goes to {out / 'rl' / 'command.txt'}"
+            f"[stages] stages 2-3 (EGSPO RL, veRL's main_ppo with egspo_smoke): python -m verl_espo.smoke egspo "
+            f"--steps {rl_steps} --out {out / 'rl'} --model-dir {sft.hf_dir} {' '.join(rl_overrides)}".rstrip()
+            + f"  (the main_ppo command goes to {out / 'rl' / 'command.txt'})"
         )
         rl = run_smoke("egspo", rl_steps, out / "rl", list(rl_overrides), model_dir=sft.hf_dir, echo=echo)
         summary["rl"] = rl.summary

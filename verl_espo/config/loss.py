@@ -30,7 +30,7 @@ __all__ = [
 ]
 
 #: V1 trainer modes that run the plugin's trainer (``espo_sync`` is its older name).
-PLUGIN_TRAINER_MODES = ("plugin_sync", "espo_sync")
+PLUGIN_TRAINER_MODES = ("plugin_sync", "espo_sync", "plugin_colocate_async", "plugin_separate_async")
 
 #: Where the ``espo`` block lives in the full veRL config, for error messages.
 ESPO_KEY_PREFIX = "actor_rollout_ref.actor.policy_loss.espo"

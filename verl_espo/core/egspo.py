@@ -83,6 +83,12 @@ def egspo_token_terms(
         raise ValueError(f"egspo phi_source must be 'old' or 'current', got {phi_source!r}")
     mask = mask.bool()
     high = high_mask.bool() & mask
+    # Tokens outside ``mask`` are zeroed first ("double where"): inf/NaN in padding (or in expert rows' RL inputs)
+    # reach neither the loss nor the gradient. Valid tokens keep veRL's values exactly.
+    zero = torch.zeros((), dtype=compute_dtype(log_prob), device=log_prob.device)
+    log_prob = torch.where(mask, log_prob.to(zero.dtype), zero)
+    old_log_prob = torch.where(mask, old_log_prob.to(zero.dtype), zero)
+    advantages = torch.where(mask, advantages.to(zero.dtype), zero)
     ppo = ppo_clip_token_terms(log_prob, old_log_prob, advantages, clip_ratio_low, clip_ratio_high, clip_ratio_c)
     weights = gate_weights(high, old_log_prob if phi_source == "old" else log_prob, phi_scale)
     weights = torch.where(mask, weights, torch.zeros_like(weights))

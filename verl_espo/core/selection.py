@@ -23,6 +23,7 @@ Pure torch, free of veRL; every function runs on whatever device its input is on
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -78,11 +79,13 @@ def _float_of_key(key: int, dtype: torch.dtype) -> float:
     return float(_order_keys(raw, _bits(dtype), torch.empty_like(raw)).view(dtype).item())
 
 
-def _top_bin(value: float, dtype: torch.dtype) -> int:
-    """The first pass's bin of ``value``: its key's top 16 bits, shifted to ``[0, 65536)``."""
+@functools.lru_cache(maxsize=None)
+def _infinity_bins(dtype: torch.dtype) -> tuple[int, int]:
+    """The first pass's bins of ``+inf`` and ``-inf``: their keys' top 16 bits, shifted to ``[0, 65536)``."""
     bits = _bits(dtype)
-    raw = torch.tensor([value], dtype=dtype).view(_INT_VIEW[dtype])
-    return (int(_order_keys(raw, bits, torch.empty_like(raw)).item()) >> (bits - _DIGIT_BITS)) + _HALF
+    raw = torch.tensor([math.inf, -math.inf], dtype=dtype).view(_INT_VIEW[dtype])
+    keys = _order_keys(raw, bits, torch.empty_like(raw)).tolist()
+    return (keys[0] >> (bits - _DIGIT_BITS)) + _HALF, (keys[1] >> (bits - _DIGIT_BITS)) + _HALF
 
 
 class _Histograms:
@@ -167,7 +170,7 @@ def _radix_select(hist: _Histograms, k_of_n) -> tuple[float, bool, int]:
         return math.inf, False, 0
     # NaN keys lie beyond the two infinities' bins; an infinity's bin also holds the NaNs that differ from
     # it only in the lower bits (16-bit floats have none), which need the exact check.
-    pos_inf, neg_inf = _top_bin(math.inf, hist.dtype), _top_bin(-math.inf, hist.dtype)
+    pos_inf, neg_inf = _infinity_bins(hist.dtype)
     if int(counts[pos_inf + 1 :].sum()) + int(counts[:neg_inf].sum()) > 0:
         return math.nan, True, n
     if hist.bits > _DIGIT_BITS and int(counts[pos_inf]) + int(counts[neg_inf]) > 0 and hist.has_nan():

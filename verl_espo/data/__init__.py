@@ -16,25 +16,20 @@ name                source (Hugging Face)                        splits written 
 
 ``python -m verl_espo.data.<name> --out DIR`` writes ``DIR/<name>/<split>.parquet``;
 ``python -m verl_espo.data all --out DIR`` writes them all. Every row's ``data_source`` is its set's name.
+The training sets have a module each; the evaluation sets are rows of :data:`verl_espo.data.benchmarks.BENCHMARKS`
+(source, columns, citations), whose modules ``verl_espo/data/<name>.py`` are only their commands.
 """
 
 from __future__ import annotations
 
 import importlib
 
+from verl_espo.data.benchmarks import BENCHMARKS
+
 __all__ = ["DATASETS", "get_spec"]
 
-DATASETS = (
-    "simplerl_zoo",
-    "dapo_math",
-    "openr1_math",
-    "gsm8k",
-    "math500",
-    "aime2024",
-    "aime2025",
-    "hmmt_feb2025",
-    "amc2023",
-)
+#: Training sets (a module each), then the evaluation sets (rows of ``BENCHMARKS``, a thin module each).
+DATASETS = ("simplerl_zoo", "dapo_math", "openr1_math", "gsm8k", *BENCHMARKS)
 
 
 def get_spec(name: str):

@@ -12,21 +12,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from verl_espo.data import DATASETS, get_spec
-from verl_espo.data.common import TEMPLATES, make_parser, run_cli, write_splits
+from verl_espo.data.common import TEMPLATES, run_cli
 
 
 def prepare_all(out: str, only: Sequence[str] = DATASETS, template: str | None = None) -> dict[str, dict[str, Path]]:
     """Prepare the data sets ``only`` with default options (``template`` overrides each one's default)."""
-    written = {}
-    for name in only:
-        spec = get_spec(name)
-        argv = ["--out", out] + (["--template", template] if template else [])
-        args = make_parser(spec).parse_args(argv)
-        splits = spec.prepare(args)
-        written[name] = write_splits(splits, out, name)
-        for split, path in written[name].items():
-            print(f"{name}/{split}: {len(splits[split])} rows -> {path}")
-    return written
+    argv = ["--out", out] + (["--template", template] if template else [])
+    return {name: run_cli(get_spec(name), argv) for name in only}
 
 
 def main(argv: Sequence[str] | None = None) -> None:

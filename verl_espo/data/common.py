@@ -9,9 +9,10 @@ RL rows follow veRL's schema (``verl/utils/dataset/rl_dataset.py``; ``data.promp
 SFT rows follow veRL's ``MultiTurnSFTDataset`` (``data.messages_key=messages``): ``{"messages": [system?, user,
 assistant]}``; the loss covers the assistant turn.
 
-Each data-set module defines ``SPEC`` (a :class:`DatasetSpec`): ``SPEC.prepare(args)`` downloads the source with HF
-``datasets`` and converts it; the conversion itself is a pure function of ``datasets.Dataset`` objects, tested on the
-small samples kept in ``verl_espo/data/samples/``. ``python -m verl_espo.data.<name> --out DIR`` writes
+Each data-set module defines ``SPEC`` (a :class:`DatasetSpec`; the evaluation sets' are built from their rows of
+:data:`verl_espo.data.benchmarks.BENCHMARKS`): ``SPEC.prepare(args)`` downloads the source with HF ``datasets`` and
+converts it; the conversion itself is a pure function of ``datasets.Dataset`` objects, tested on the small samples
+kept in ``verl_espo/data/samples/``. ``python -m verl_espo.data.<name> --out DIR`` writes
 ``DIR/<name>/<split>.parquet``.
 """
 
@@ -35,7 +36,6 @@ __all__ = [
     "rl_row",
     "sft_row",
     "rl_dataset",
-    "benchmark_dataset",
     "normalize_ground_truth",
     "seeded_subset",
     "load_hf",
@@ -140,27 +140,6 @@ def rl_dataset(
     return Dataset.from_list(rows)
 
 
-def benchmark_dataset(
-    ds,
-    *,
-    data_source: str,
-    template: PromptTemplate,
-    problem_key: str,
-    answer_key: str,
-    extra_keys: Sequence[str] = (),
-    split: str = "test",
-):
-    """RL rows from a table with one problem column and one final-answer column (the evaluation sets)."""
-    missing = [k for k in (problem_key, answer_key, *extra_keys) if k not in ds.column_names]
-    if missing:
-        raise KeyError(f"{data_source}: columns {missing} not in the source's columns {ds.column_names}")
-    records = (
-        (str(row[problem_key]).strip(), normalize_ground_truth(row[answer_key]), {k: row[k] for k in extra_keys})
-        for row in ds
-    )
-    return rl_dataset(records, data_source=data_source, split=split, template=template)
-
-
 def normalize_ground_truth(value: Any) -> str:
     """The ground truth as a string: stripped, and integral numbers without a fractional part (``27.0`` -> ``27``).
 
@@ -227,8 +206,8 @@ class DatasetSpec:
         name: module name, ``data_source`` of its rows and the output folder ``DIR/<name>/``.
         hf_id: the Hugging Face data set it is built from.
         splits: the parquet files it writes, ``DIR/<name>/<split>.parquet``.
-        default_template: name of the prompt template used unless ``--template`` says otherwise.
         prepare: ``prepare(args) -> {split: datasets.Dataset}``; downloads, then converts.
+        default_template: name of the prompt template used unless ``--template`` says otherwise (ESPO's).
         add_arguments: adds the data set's own options to its parser.
         summary: one line for ``--help``.
     """
@@ -236,8 +215,8 @@ class DatasetSpec:
     name: str
     hf_id: str
     splits: Sequence[str]
-    default_template: str
     prepare: Callable[[argparse.Namespace], dict[str, Any]]
+    default_template: str = ESPO_TEMPLATE.name
     add_arguments: Callable[[argparse.ArgumentParser], None] = field(default=_no_arguments)
     summary: str = ""
 

@@ -70,7 +70,6 @@ SPEC = DatasetSpec(
     name=NAME,
     hf_id=HF_ID,
     splits=("train",),
-    default_template=ESPO_TEMPLATE.name,
     prepare=_prepare,
     summary="DAPO-Math-17k, deduplicated.",
 )

@@ -51,7 +51,6 @@ SPEC = DatasetSpec(
     name=NAME,
     hf_id=HF_ID,
     splits=("train", "test"),
-    default_template=ESPO_TEMPLATE.name,
     prepare=_prepare,
     summary="GSM8K word problems.",
 )

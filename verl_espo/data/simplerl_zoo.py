@@ -88,7 +88,6 @@ SPEC = DatasetSpec(
     name=NAME,
     hf_id=HF_ID,
     splits=("train", "test"),
-    default_template=ESPO_TEMPLATE.name,
     prepare=_prepare,
     add_arguments=_add_arguments,
     summary="SimpleRL-Zoo math prompts (ESPO's training set, 8,192 prompts).",

@@ -76,7 +76,16 @@ def build_command(
         "trainer.logger=[console,file]",
         f"trainer.default_local_dir={out / 'verl'}",
         f"hydra.run.dir={out / 'hydra'}",
-        *([] if cpu else [f"trainer.n_gpus_per_node={gpus}"]),
+        # veRL wants the (unused) training batch divisible by the number of GPUs
+        *(
+            []
+            if cpu
+            else [
+                f"trainer.n_gpus_per_node={gpus}",
+                f"data.train_batch_size={gpus}",
+                f"actor_rollout_ref.actor.ppo_mini_batch_size={gpus}",
+            ]
+        ),
         *sampling.overrides(),
         *overrides,
     ]
@@ -109,6 +118,13 @@ def _used_config(out: Path) -> dict[str, Any]:
         "max_prompt_length": get("data.max_prompt_length"),
         "max_response_length": get("data.max_response_length"),
     }
+
+
+def _verl_means(logged: dict[str, Any], sources: Sequence[str], n: int) -> dict[str, float]:
+    """veRL's own avg@n of these rows: ``val-{core,aux}/<data_source>/acc/mean@<n>`` (veRL groups by data_source and
+    n, so benchmarks sharing both share this number)."""
+    keys = [f"{section}/{source}/acc/mean@{n}" for source in sources for section in ("val-core", "val-aux")]
+    return {key: logged[key] for key in keys if key in logged}
 
 
 def _verl_version() -> str:
@@ -196,12 +212,7 @@ def evaluate_checkpoint(
             **benchmark_result(samples[b.name]),
             "data_file": str(b.path) if b.path is not None else "generated (verl_espo.toy.task)",
             "data_sources": list(sources),
-            # veRL's own metrics for the same rows (keyed by data_source; shared if benchmarks share a data_source)
-            "verl_metrics": {
-                k: v
-                for k, v in logged.items()
-                if k.split("/")[0] == "val-core" and any(k.startswith(f"val-core/{s}/") for s in sources)
-            },
+            "verl_metrics": _verl_means(logged, sources, b.n),
         }
     used = _used_config(out)
     run.result = {

@@ -32,6 +32,8 @@ from verl.protocol import DataProto
 from verl.trainer.ppo.core_algos import agg_loss
 from verl.trainer.ppo.padding_utils import construct_minimal_padding_template
 from verl.trainer.ppo.v1 import PPOTrainerSync, register_trainer
+from verl.trainer.ppo.v1.trainer_colocate_async import PPOTrainerColocateAsync
+from verl.trainer.ppo.v1.trainer_separate_async import PPOTrainerSeparateAsync
 from verl.utils.debug.metrics import calculate_debug_metrics
 from verl.utils.tensordict_utils import list_of_dict_to_tensordict
 
@@ -51,10 +53,16 @@ from verl_espo.workers.actor_loss import (
     row_flags,
 )
 
-__all__ = ["PluginTrainerSync", "step_threshold_ratio", "hybrid_counts"]
+__all__ = [
+    "PluginTrainerMixin",
+    "PluginTrainerSync",
+    "PluginTrainerColocateAsync",
+    "PluginTrainerSeparateAsync",
+    "step_threshold_ratio",
+    "hybrid_counts",
+]
 
 logger = logging.getLogger(__name__)
-
 
 
 def step_threshold_ratio(policy_loss: Any) -> Optional[float]:
@@ -95,10 +103,15 @@ def hybrid_counts(token_counts: torch.Tensor, is_expert: torch.Tensor) -> dict[s
     }
 
 
-@register_trainer("plugin_sync")
-@register_trainer("espo_sync")
-class PluginTrainerSync(PPOTrainerSync):
-    """veRL's synchronous V1 trainer with the plugin's actor loss and step-level statistics (module docstring)."""
+class PluginTrainerMixin:
+    """What the plugin adds to a veRL V1 trainer (module docstring); combined with veRL's trainer classes below.
+
+    ``base_trainer_mode`` is the veRL mode the class behaves as: veRL's base trainer switches on
+    ``self.trainer_mode`` (``== "sync"`` for the replay buffer, dataloader and checkpoints, and
+    ``config.trainer.v1[<mode>]`` for the mode's settings), whatever name selected the plugin's class.
+    """
+
+    base_trainer_mode = "sync"
 
     def __init__(self, config: DictConfig):
         check_trainer_config(config)
@@ -106,11 +119,9 @@ class PluginTrainerSync(PPOTrainerSync):
         self.expert_data: Optional[ExpertDemonstrations] = None
         super().__init__(config)
 
-    # veRL's base trainer switches on `self.trainer_mode == "sync"` (replay buffer, dataloader, checkpoints);
-    # this trainer is the sync trainer, whatever name selected it.
     @property
     def trainer_mode(self) -> str:
-        return "sync"
+        return self.base_trainer_mode
 
     @trainer_mode.setter
     def trainer_mode(self, value: str) -> None:
@@ -285,3 +296,25 @@ class PluginTrainerSync(PPOTrainerSync):
         metrics["actor/hybrid/mu"] = mu
         with self._one_mini_batch(batch):
             return super()._update_actor(batch, metrics)
+
+
+@register_trainer("plugin_sync")
+@register_trainer("espo_sync")
+class PluginTrainerSync(PluginTrainerMixin, PPOTrainerSync):
+    """veRL's synchronous V1 trainer (``sync``) with the plugin's additions."""
+
+    base_trainer_mode = "sync"
+
+
+@register_trainer("plugin_colocate_async")
+class PluginTrainerColocateAsync(PluginTrainerMixin, PPOTrainerColocateAsync):
+    """veRL's ``colocate_async`` trainer (colocated, partial rollouts) with the plugin's additions."""
+
+    base_trainer_mode = "colocate_async"
+
+
+@register_trainer("plugin_separate_async")
+class PluginTrainerSeparateAsync(PluginTrainerMixin, PPOTrainerSeparateAsync):
+    """veRL's ``separate_async`` trainer (rollout and training on separate resources) with the plugin's additions."""
+
+    base_trainer_mode = "separate_async"
