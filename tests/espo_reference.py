@@ -91,7 +91,9 @@ def reference_espo(
         row_tokens = []
         for g in groups:
             n = len(g)
-            group_lr = sum(float(log_prob[i, t].detach()) - float(old_log_prob[i, t]) for t in g) / n  # detached, Eq. 10
+            group_lr = (
+                sum(float(log_prob[i, t].detach()) - float(old_log_prob[i, t]) for t in g) / n
+            )  # detached, Eq. 10
             if clip == "adaptive":
                 e = alpha * (sum(float(entropy[i, t]) for t in g) / n) / math.log(vocab_size)
                 if e < eps_min:

@@ -10,8 +10,8 @@ from verl.utils import tensordict_utils as tu
 from verl.utils.metric import AggregationType, Metric
 from verl.workers.utils.losses import ppo_loss
 
-from verl_espo.losses.espo import MissingOldEntropyError, compute_policy_loss_espo
 from verl_espo.losses.errors import MissingLossInputError
+from verl_espo.losses.espo import MissingOldEntropyError, compute_policy_loss_espo
 from verl_espo.workers.actor_loss import ENTROPY_THRESHOLD_KEY, entropy_aware_ppo_loss, padded_old_entropy
 
 
@@ -131,7 +131,7 @@ def test_the_loss_shipped_to_workers_is_light_and_reads_the_vocabulary_from_the_
 
     from hydra import compose, initialize_config_module
 
-    from verl_espo.toy.assets import build_tokenizer, build_tiny_model
+    from verl_espo.toy.assets import build_tiny_model, build_tokenizer
     from verl_espo.workers.actor_loss import ActorLossFn, make_actor_loss_fn
 
     model_dir = tmp_path / "model"

@@ -130,7 +130,10 @@ def test_espo_name_of_the_config_class_and_trainer_still_work():
     "override,message",
     [
         ("trainer.use_v1=false", "trainer.use_v1=false is not supported"),
-        ("trainer.v1.trainer_mode=sync", "trainer.v1.trainer_mode=sync cannot. Set trainer.v1.trainer_mode=plugin_sync"),
+        (
+            "trainer.v1.trainer_mode=sync",
+            "trainer.v1.trainer_mode=sync cannot. Set trainer.v1.trainer_mode=plugin_sync",
+        ),
         ("trainer.v1.trainer_mode=colocate_async", "trainer.v1.trainer_mode=colocate_async cannot"),
         ("algorithm.rollout_correction.bypass_mode=true", "set algorithm.rollout_correction.bypass_mode=false"),
     ],

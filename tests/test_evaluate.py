@@ -146,6 +146,9 @@ def test_cli_options_and_overrides(data_dir):
     assert [(b.name, b.n) for b in benchmarks] == [("aime2025", 4), ("math500", 1)]
     assert sampling == Sampling(temperature=0.6, top_p=0.95, max_response_length=8192)
     assert overrides == ["actor_rollout_ref.rollout.tensor_model_parallel_size=2", "trainer.nnodes=2"]
+    # overrides right after --model's paths are not taken for paths
+    args, _, _, overrides = parse_args(["--model", "a", "trainer.nnodes=2", "--benchmarks", "toy_arithmetic"])
+    assert args.model == ["a"] and overrides == ["trainer.nnodes=2"]
 
 
 @pytest.mark.parametrize(
@@ -153,6 +156,7 @@ def test_cli_options_and_overrides(data_dir):
     [
         (["--temprature", "1"], "unrecognized arguments: --temprature"),
         (["--name", "x", "y"], "--name gives 2 names for 1 --model"),
+        (["--model", "a=b"], "--model needs at least one checkpoint path"),
         (["--cpu", "--gpus", "2"], "not allowed with argument"),
         (["--n", "amc2024=8"], "'amc2024' is not one of the benchmarks being evaluated (toy_arithmetic)"),
         (["--top-p", "2"], "--top-p must be in"),

@@ -158,7 +158,9 @@ def test_hybrid_grpo_equals_grpo_without_expert_rows_and_zeroes_expert_rows():
 
     experts = np.array([f"{EXPERT_UID_PREFIX}1-0", f"{EXPERT_UID_PREFIX}1-1"], dtype=object)
     mixed_rewards = torch.cat([rewards, torch.full((2, 4), 7.0)])  # expert rewards must not matter
-    got, _ = fn(token_level_rewards=mixed_rewards, response_mask=torch.ones(8, 4), index=np.concatenate([index, experts]))
+    got, _ = fn(
+        token_level_rewards=mixed_rewards, response_mask=torch.ones(8, 4), index=np.concatenate([index, experts])
+    )
     assert torch.equal(got[:6], expected) and torch.equal(got[6:], torch.zeros(2, 4))
 
 

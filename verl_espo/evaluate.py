@@ -14,7 +14,7 @@ the plugin's ``hf`` rollout with ``--cpu``) and gets ``OUT/<name>/eval.json`` an
 mean (avg@n), pass@k for k = 1, 2, 4, ..., n, and their standard errors over problems. See ``docs/evaluation.md``.
 
 ``--cpu --model toy --benchmarks toy_arithmetic`` evaluates the bundled tiny model on the bundled task (no data, no
-download, about a minute on 2 cores).
+download; a few minutes on 2 cores, mostly Ray and worker start-up).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from verl_espo.evaluation.protocol import PAPER_N, Benchmark, Sampling, parse_benchmarks
 
@@ -93,6 +94,15 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, l
     """Options, benchmarks, sampling settings and Hydra overrides; a usage error (exit 2) names a bad option."""
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
+    # `--model a b key=value`: nargs="+" also takes the overrides that follow; give them back
+    for option in ("model", "name"):
+        values = getattr(args, option)
+        if values:
+            taken = [v for v in values if "=" in v and not Path(v).exists()]
+            setattr(args, option, [v for v in values if v not in taken] or None)
+            rest = taken + rest
+    if not args.model:
+        parser.error("--model needs at least one checkpoint path")
     unknown = [a for a in rest if a.startswith("-") or "=" not in a]
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)} (Hydra overrides are key=value)")

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import subprocess
 import sys
 import time
@@ -29,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from verl_espo.report.runs import read_file_logger
+from verl_espo.launch import cpu_trainer_env, fmt_value, follow, merged_steps, tail
 from verl_espo.toy.assets import build_assets
 from verl_espo.toy.task import write_dataset, write_expert_dataset
 
@@ -45,27 +44,6 @@ __all__ = [
 ALGOS = ("espo", "egspo", "chord", "grpo", "gspo")
 #: Algorithms trained with expert demonstrations mixed into every step (hybrid SFT + RL).
 HYBRID_ALGOS = ("egspo", "chord")
-
-# What the per-step line shows: (label, metric key) -- missing keys are skipped.
-_STEP_COLUMNS = (
-    ("reward", "critic/score/mean"),
-    ("entropy", "actor/entropy"),
-    ("pg_loss", "actor/pg_loss"),
-    ("grad_norm", "actor/grad_norm"),
-    ("clipfrac", "actor/pg_clipfrac"),
-    ("hi_clip+", "actor/espo/high/clipfrac_upper"),
-    ("hi_clip-", "actor/espo/high/clipfrac_lower"),
-    ("lo_clip+", "actor/espo/low/clipfrac_upper"),
-    ("lo_clip-", "actor/espo/low/clipfrac_lower"),
-    ("gate_hi", "actor/egspo/high_token_frac"),
-    ("phi_lo", "actor/egspo/phi_mean_low"),
-    ("mu", "actor/hybrid/mu"),
-    ("rl_loss", "actor/hybrid/rl_loss"),
-    ("sft_loss", "actor/hybrid/sft_loss"),
-    ("resp_len", "response_length/mean"),
-    ("rollout_vs_actor_dp", "training/rollout_probs_diff_max"),
-    ("step_s", "timing_s/step"),
-)
 
 
 # ----------------------------------------------------------------------------- replay-buffer polling
@@ -120,46 +98,6 @@ def _command(algo: str, out: Path, model: Path, train: Path, val: Path, steps: i
     ]  # fmt: skip
 
 
-def _env(out: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        VERL_PLATFORM="cpu",  # the plugin's CPU platform (verl_espo/platform/cpu.py)
-        VERL_FILE_LOGGER_PATH=str(out / "metrics.jsonl"),  # veRL's `file` logger writes every step here
-        TOKENIZERS_PARALLELISM="false",
-        PYTHONUNBUFFERED="1",
-        HYDRA_FULL_ERROR="1",
-        RAY_DEDUP_LOGS="0",
-    )
-    return env
-
-
-def _follow(proc: subprocess.Popen, metrics: Path, say, deadline: Optional[float]) -> tuple[int, list[dict]]:
-    """Wait for the trainer, echoing each logged step as it appears; kill it past ``deadline``."""
-    records: list[dict] = []
-    offset = 0
-    while True:
-        returncode = proc.poll()
-        new, offset = read_file_logger(metrics, offset)
-        for record in new:
-            records.append(record)
-            say("[smoke] " + format_step(int(record["step"]), record["data"]))
-        if returncode is not None:
-            return returncode, records
-        if deadline is not None and time.time() > deadline:
-            proc.kill()
-            proc.wait()
-            return -9, records
-        time.sleep(0.5)
-
-
-def _merge_by_step(records: list[dict]) -> list[dict[str, Any]]:
-    """veRL logs a step in several calls (validation, then training); merge them per step."""
-    merged: dict[int, dict[str, Any]] = {}
-    for record in records:
-        merged.setdefault(int(record["step"]), {}).update(record["data"])
-    return [{"step": step, **data} for step, data in sorted(merged.items())]
-
-
 def run_smoke(
     algo: str,
     steps: int = 40,
@@ -200,37 +138,25 @@ def run_smoke(
     launched = time.time()
     deadline = start + timeout_s if timeout_s is not None else None
     with open(out / "train.log", "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=_env(out), cwd=out)
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=cpu_trainer_env(out), cwd=out)
         try:
-            returncode, records = _follow(proc, metrics, say, deadline)
+            returncode, records = follow(proc, metrics, say, deadline)
         except BaseException:
             proc.kill()
             proc.wait()
             raise
-    merged = _merge_by_step(records)
+    merged = merged_steps(records)
     summary = summarise(algo, merged, returncode, wall_s=time.time() - start, trainer_s=time.time() - launched)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     result = SmokeResult(algo, str(out), returncode, summary["wall_s"], merged, summary)
     say(summary_text(result))
     if returncode != 0:
         say(f"[smoke] the trainer failed (exit code {returncode}); last lines of {out / 'train.log'}:")
-        say(_tail(out / "train.log", 40))
+        say(tail(out / "train.log", 40))
     return result
 
 
 # ----------------------------------------------------------------------------- reporting
-def _fmt(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
-
-
-def format_step(step: int, data: dict[str, Any]) -> str:
-    """One readable line per logged step (plus the validation scores when the step has them)."""
-    parts = [f"step {step:>3}"]
-    parts += [f"{label}={_fmt(data[key])}" for label, key in _STEP_COLUMNS if key in data]
-    parts += [f"{k}={_fmt(v)}" for k, v in data.items() if k.startswith("val-core/")]
-    return "  ".join(parts)
-
-
 def summarise(algo: str, steps: list[dict[str, Any]], returncode: int, wall_s: float, trainer_s: float) -> dict:
     """Summary of a run: first vs last reward and entropy, step times, validation before / at the end."""
     train = [s for s in steps if "timing_s/step" in s]
@@ -261,22 +187,16 @@ def summary_text(result: SmokeResult) -> str:
     lines = [
         f"[smoke] {result.algo}: {state}, {s['steps_completed']} steps; wall {s['wall_s']:.0f} s "
         f"(trainer process {s['trainer_wall_s']:.0f} s)",
-        f"[smoke]   reward     first {_fmt(s['reward_first'])}  last {_fmt(s['reward_last'])}",
-        f"[smoke]   entropy    first {_fmt(s['entropy_first'])}  last {_fmt(s['entropy_last'])}",
-        f"[smoke]   step time  mean {_fmt(s['step_time_mean_s'])} s  ({', '.join(_fmt(t) for t in s['step_times_s'])})",
+        f"[smoke]   reward     first {fmt_value(s['reward_first'])}  last {fmt_value(s['reward_last'])}",
+        f"[smoke]   entropy    first {fmt_value(s['entropy_first'])}  last {fmt_value(s['entropy_last'])}",
+        f"[smoke]   step time  mean {fmt_value(s['step_time_mean_s'])} s  "
+        f"({', '.join(fmt_value(t) for t in s['step_times_s'])})",
     ]
     for key, value in s["val_last"].items():
-        lines.append(f"[smoke]   {key}: first {_fmt(s['val_first'].get(key, math.nan))}  last {_fmt(value)}")
+        lines.append(f"[smoke]   {key}: first {fmt_value(s['val_first'].get(key, math.nan))}  last {fmt_value(value)}")
     out = Path(result.out_dir)
     lines.append(f"[smoke]   metrics: {out / 'metrics.jsonl'}  summary: {out / 'summary.json'}")
     return "\n".join(lines)
-
-
-def _tail(path: Path, n: int) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
-    except OSError:
-        return ""
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -2,14 +2,15 @@
 
 Defaults, with their sources (``docs/evaluation.md`` has the full table):
 
-* AIME 2024, AIME 2025, HMMT February 2025: **avg@32**. ESPO (arXiv 2512.00499, Sec. 4.1: "average@32" on AIME24,
-  AIME25 and HMMT); CHORD (arXiv 2508.11408, App. A.1) and EGSPO (arXiv 2602.03309): avg@32 on AIME24/25.
+* AIME 2024, AIME 2025, HMMT February 2025: **avg@32**. ESPO (arXiv 2512.00499, experimental setup: "average@32" on
+  AIME24, AIME25 and HMMT); CHORD (arXiv 2508.11408, Sec. 4.1 / App. A): avg@32 on AIME24/25. EGSPO (arXiv
+  2602.03309) gives no protocol; its baselines are CHORD's, so we infer CHORD's.
 * MATH-500: **accuracy**, read as one sample per problem (avg@1). ESPO: "MATH500: accuracy"; EGSPO's "MATH" column.
   n = 1 is our reading: neither paper gives the number of samples.
-* AMC 2023: **avg@8** (CHORD App. A.1, EGSPO).
-* Sampling: temperature **1.0** (CHORD App. A.1 for evaluation; ESPO does not state it, we use its training
-  temperature), top-p **1.0** and top-k off (our choice: neither paper states them), at most **16,384** response
-  tokens (both papers' training length; our choice for evaluation) and 2,048 prompt tokens (our choice).
+* AMC 2023: **avg@8** (CHORD).
+* Sampling: temperature **1.0** (CHORD App. A: 1.0 for rollout and evaluation; ESPO does not state it, we use its
+  training temperature), top-p **1.0** and top-k off (our choice: neither paper states them), at most **16,384**
+  response tokens (both papers' training length; our choice for evaluation) and 2,048 prompt tokens (our choice).
 
 Everything is configurable on the command line (``python -m verl_espo.evaluate``).
 """

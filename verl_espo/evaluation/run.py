@@ -26,7 +26,7 @@ from typing import Any
 from verl_espo.evaluation.data import write_eval_data
 from verl_espo.evaluation.protocol import Benchmark, Sampling, checkpoint_name
 from verl_espo.evaluation.results import benchmark_result, collect_samples, read_generations, write_results
-from verl_espo.smoke import _env, _follow, _merge_by_step, _tail
+from verl_espo.launch import cpu_trainer_env, follow, merged_steps, tail
 
 __all__ = ["TOY_MODEL", "EvalRun", "build_command", "evaluate_checkpoint"]
 
@@ -92,7 +92,8 @@ def build_command(
 
 
 def _environment(out: Path, cpu: bool) -> dict[str, str]:
-    env = _env(out)  # the smoke runs' environment: VERL_PLATFORM=cpu, the file logger's path, quiet tokenizers
+    # the smoke runs' environment: VERL_PLATFORM=cpu, the file logger's path, quiet tokenizers
+    env = cpu_trainer_env(out)
     if not cpu:  # GPUs: veRL detects the platform itself, unless the caller chose one
         env.pop("VERL_PLATFORM")
         if "VERL_PLATFORM" in os.environ:
@@ -188,8 +189,7 @@ def evaluate_checkpoint(
     with open(out / "eval.log", "wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=_environment(out, cpu), cwd=out)
         try:
-            echo_line = lambda line: say(line.replace("[smoke]", "[eval]"))  # noqa: E731  (smoke's step lines)
-            run.returncode, records = _follow(proc, out / "metrics.jsonl", echo_line, deadline)
+            run.returncode, records = follow(proc, out / "metrics.jsonl", say, deadline, prefix="[eval]")
         except BaseException:
             proc.kill()
             proc.wait()
@@ -197,11 +197,11 @@ def evaluate_checkpoint(
     if run.returncode != 0:
         say(
             f"[eval] {name}: veRL exited with {run.returncode}; last lines of {out / 'eval.log'}:\n"
-            + _tail(out / "eval.log", 40)
+            + tail(out / "eval.log", 40)
         )
         return run
 
-    logged = {k: v for step in _merge_by_step(records) for k, v in step.items() if k.startswith("val-")}
+    logged = {k: v for step in merged_steps(records) for k, v in step.items() if k.startswith("val-")}
     samples = collect_samples(
         read_generations(out / "generations"), benchmarks, {b: w.num_problems for b, w in written.items()}
     )

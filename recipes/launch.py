@@ -1,0 +1,530 @@
+#!/usr/bin/env python
+"""The one launcher of the recipes: data, single node, multi-node Ray, SLURM, the EGSPO chain (SFT -> RL), resuming.
+
+Run from anywhere (paths are resolved against this file). Every command prints what it runs, with its environment,
+before running it; ``--dry-run`` only prints.
+
+    python recipes/launch.py list                                   # the launchable recipes
+    python recipes/launch.py data RECIPE [--data-root DIR]          # prepare the recipe's data sets (needs the Hub)
+    python recipes/launch.py show RECIPE [overrides ...]            # the composed config, then the checks
+    python recipes/launch.py run  RECIPE [--data-root DIR] [--out DIR] [--ray-address ADDR] [--sft]
+                                  [--resume-from PATH | --no-resume] [--name NAME] [overrides ...]
+    python recipes/launch.py ray-head   [--port 6379] [--block]     # multi-node: on the head node, first
+    python recipes/launch.py ray-worker --address HEAD:6379 [--block]   # then on every other node
+
+``run`` composes the recipe (Hydra, the same search path as the trainer), checks it (veRL's ``validate_config``,
+the plugin's ``check_trainer_config``, and the recipe's parallelism and memory arithmetic for the stated world
+size), then runs ``python -m verl.trainer.main_ppo --config-path=<recipes> --config-name=RECIPE`` with the run's
+directory ``<out>/<project>/<experiment>/`` (Hydra config, ``metrics-NNN.jsonl``, ``checkpoints/``). Running the same
+command again resumes from the latest checkpoint there (veRL's ``resume_mode=auto``). ``--sft`` first runs EGSPO's
+stage 1 (veRL's SFT trainer, :mod:`verl_espo.stages`) once per model and starts RL from its weights.
+RECIPE is a path under ``recipes/`` without ``.yaml``, e.g. ``espo/qwen3_1.7b_base``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+RECIPES_DIR = Path(__file__).resolve().parent
+#: The folders holding launchable recipes (one per paper, plus the one-GPU ladder); the others are config groups.
+PAPER_DIRS = ("espo", "egspo", "ladder")
+#: Where the data goes and the runs go unless --data-root / --out (or these environment variables) say otherwise.
+DATA_ROOT_ENV, OUT_ENV = "VERL_ESPO_DATA_ROOT", "VERL_ESPO_OUT"
+#: Written into an SFT directory once stage 1 has finished, so later ``--sft`` runs reuse it.
+SFT_DONE = "SFT_DONE"
+#: The environment every process of a run needs: the plugin imported by every Ray worker (it is also loaded through
+#: the ``verl.plugins`` entry point where the package is installed; this makes a missing install fail loudly).
+PLUGIN_ENV = {"VERL_USE_EXTERNAL_MODULES": "verl_espo._plugin"}
+#: Override keys that name the run already (or only move it) and stay out of the experiment name.
+_NAME_NEUTRAL = (
+    "recipe.data_root", "trainer.", "hydra.", "ray_kwargs.", "actor_rollout_ref.model.path", "algo=", "base_model=",
+)  # fmt: skip
+#: Reserved: set by the launcher itself.
+_LAUNCHER_KEYS = ("trainer.default_local_dir", "hydra.run.dir")
+
+__all__ = [
+    "RECIPES_DIR",
+    "Plan",
+    "recipe_names",
+    "compose_recipe",
+    "scale_problems",
+    "check_recipe",
+    "data_command",
+    "plan_run",
+    "main",
+]
+
+
+# ----------------------------------------------------------------------------- composing and checking
+def recipe_names() -> list[str]:
+    """Every launchable recipe, ``<paper folder>/<name>`` (files starting with ``_`` are shared parts)."""
+    return sorted(
+        f"{folder}/{path.stem}"
+        for folder in PAPER_DIRS
+        for path in (RECIPES_DIR / folder).glob("*.yaml")
+        if not path.name.startswith("_")
+    )
+
+
+def _check_recipe_name(recipe: str) -> str:
+    recipe = recipe.removesuffix(".yaml").strip("/")
+    if recipe not in recipe_names():
+        raise ValueError(f"unknown recipe {recipe!r}; choose from: {', '.join(recipe_names())}")
+    return recipe
+
+
+def compose_recipe(recipe: str, overrides: Sequence[str] = ()):
+    """The recipe composed by Hydra exactly as ``main_ppo --config-path=recipes --config-name=RECIPE`` composes it.
+
+    ``hydra.*`` overrides only steer Hydra's run directory and are left out here.
+    """
+    from hydra import compose, initialize_config_dir
+
+    recipe = _check_recipe_name(recipe)
+    with initialize_config_dir(config_dir=str(RECIPES_DIR), version_base=None):
+        return compose(config_name=recipe, overrides=[o for o in overrides if not o.startswith("hydra.")])
+
+
+def _get(cfg, key: str, default: Any = None) -> Any:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.select(cfg, key, default=default)
+
+
+def scale_problems(cfg) -> list[str]:
+    """What in the recipe's parallelism and memory settings cannot work for its stated hardware (empty: none).
+
+    The arithmetic of the recipes' comments, as checks: Ulysses and vLLM tensor parallelism must divide the heads and
+    the GPUs, token-budget micro-batches must hold the longest sequence, every data-parallel rank must get whole
+    rows, and the FSDP state left on a GPU next to vLLM's share must fit (fp32 weights + grads + Adam = 16 B/param,
+    sharded over all GPUs; param offload moves 8 B, optimizer offload 8 B to CPU memory).
+    """
+    problems: list[str] = []
+    info = _get(cfg, "recipe.model_info", {}) or {}
+    actor = "actor_rollout_ref.actor"
+    nodes, per_node = int(_get(cfg, "trainer.nnodes")), int(_get(cfg, "trainer.n_gpus_per_node"))
+    world = nodes * per_node
+    sp = int(_get(cfg, f"{actor}.ulysses_sequence_parallel_size", 1) or 1)
+    tp = int(_get(cfg, "actor_rollout_ref.rollout.tensor_model_parallel_size", 1) or 1)
+    heads, kv_heads = info.get("heads"), info.get("kv_heads")
+    if world % sp:
+        problems.append(f"{actor}.ulysses_sequence_parallel_size={sp} does not divide the {world} GPUs")
+    if heads and heads % sp:
+        problems.append(f"{actor}.ulysses_sequence_parallel_size={sp} does not divide the model's {heads} heads")
+    if per_node % tp:
+        problems.append(f"rollout.tensor_model_parallel_size={tp} does not divide the {per_node} GPUs of a node")
+    if heads and heads % tp:
+        problems.append(f"rollout.tensor_model_parallel_size={tp} does not divide the model's {heads} heads")
+    if kv_heads and kv_heads % tp and tp % kv_heads:
+        problems.append(f"rollout.tensor_model_parallel_size={tp} and the model's {kv_heads} KV heads do not divide")
+
+    longest = int(_get(cfg, "data.max_prompt_length")) + int(_get(cfg, "data.max_response_length"))
+    if _get(cfg, f"{actor}.use_dynamic_bsz"):
+        budget = int(_get(cfg, f"{actor}.ppo_max_token_len_per_gpu")) * sp
+        if budget < longest:
+            problems.append(
+                f"{actor}.ppo_max_token_len_per_gpu x ulysses_sequence_parallel_size = {budget} tokens cannot hold "
+                f"one sequence of max_prompt_length + max_response_length = {longest} tokens"
+            )
+
+    dp = max(world // sp, 1)
+    n = int(_get(cfg, "actor_rollout_ref.rollout.n"))
+    expert_rows = int(_get(cfg, "data.expert.batch_size", 0) or 0) if _get(cfg, "data.expert.files") else 0
+    rows = int(_get(cfg, "data.train_batch_size")) * n + expert_rows
+    mini = int(_get(cfg, f"{actor}.ppo_mini_batch_size"))
+    if rows % dp:
+        problems.append(f"a step's {rows} rows do not split evenly over {dp} data-parallel ranks")
+    if int(_get(cfg, "data.train_batch_size")) % mini:
+        problems.append(f"data.train_batch_size is not a multiple of {actor}.ppo_mini_batch_size={mini}")
+    elif (mini * n) % dp:
+        problems.append(f"a mini-batch of {mini} x {n} responses does not split evenly over {dp} data-parallel ranks")
+
+    memory = float(_get(cfg, "recipe.gpu_memory_gb", 0) or 0)
+    params = float(info.get("params_b", 0) or 0) * 1e9
+    if memory and params:
+        fsdp = _get(cfg, f"{actor}.fsdp_config", {}) or {}
+        bytes_per_param = 16 - 8 * bool(fsdp.get("param_offload")) - 8 * bool(fsdp.get("optimizer_offload"))
+        resident = params * bytes_per_param / world / 1e9
+        util = float(_get(cfg, "actor_rollout_ref.rollout.gpu_memory_utilization"))
+        vllm_weights = params * 2 / tp / 1e9
+        if resident + util * memory > 0.9 * memory:
+            problems.append(
+                f"{resident:.1f} GB of FSDP state per GPU + vLLM's {util} x {memory:g} GB exceed 90% of the GPU: "
+                "offload (fsdp_config.param_offload / optimizer_offload) or lower gpu_memory_utilization"
+            )
+        if vllm_weights > 0.8 * util * memory:
+            problems.append(
+                f"vLLM's bf16 weights ({vllm_weights:.1f} GB per GPU at TP {tp}) leave no KV cache in "
+                f"{util} x {memory:g} GB: raise rollout.tensor_model_parallel_size"
+            )
+    return problems
+
+
+def check_recipe(cfg) -> None:
+    """veRL's own config validation for the stated world size, the plugin's start-up checks, the scale checks.
+
+    Starts no worker and loads no model. Raises ``ValueError`` listing every problem found.
+    """
+    import contextlib
+    import io
+
+    from verl.trainer.ppo.utils import need_critic, need_reference_policy
+    from verl.utils.config import validate_config
+
+    from verl_espo.trainer.checks import check_trainer_config
+
+    with contextlib.redirect_stdout(io.StringIO()):  # validate_config prints a success line
+        validate_config(cfg, use_reference_policy=need_reference_policy(cfg), use_critic=need_critic(cfg))
+    check_trainer_config(cfg)
+    problems = scale_problems(cfg)
+    if problems:
+        raise ValueError("the recipe's scale settings do not fit its hardware:\n  - " + "\n  - ".join(problems))
+
+
+# ----------------------------------------------------------------------------- data
+def _files(cfg, key: str) -> list[str]:
+    value = _get(cfg, key)
+    if value is None:
+        return []
+    return [str(value)] if isinstance(value, str) else [str(v) for v in value]
+
+
+def data_command(cfg) -> list[str]:
+    """``python -m verl_espo.data all`` for the sets the recipe reads, with its prompt template, into its data dir."""
+    names: list[str] = []
+    for key in ("recipe.train_files", "recipe.val_files", "recipe.expert_files", "recipe.sft_files"):
+        for path in _files(cfg, key):
+            name = Path(path).parent.name
+            if name not in names:
+                names.append(name)
+    return [
+        sys.executable, "-m", "verl_espo.data", "all",
+        "--out", str(_get(cfg, "recipe.data_dir")),
+        "--template", str(_get(cfg, "recipe.template")),
+        "--only", ",".join(names),
+    ]  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- planning a run
+@dataclass
+class Plan:
+    """Everything ``run`` executes: the optional SFT stage, then the trainer, with the environment of each."""
+
+    recipe: str
+    run_dir: Path
+    command: list[str]
+    env: dict[str, str]
+    world: int
+    sft_command: Optional[list[str]] = None
+    sft_dir: Optional[Path] = None
+    notes: list[str] = field(default_factory=list)
+
+
+def _slug(overrides: Sequence[str]) -> str:
+    """A stable experiment-name suffix from the user's overrides (``...espo.alpha=0.05`` -> ``alpha0.05``)."""
+    parts = []
+    for override in overrides:
+        key, _, value = override.lstrip("+~").partition("=")
+        if override.startswith(_NAME_NEUTRAL) or key.startswith(_NAME_NEUTRAL):
+            continue
+        leaf = key.rsplit(".", 1)[-1]
+        parts.append(f"{leaf}{value}".replace("/", "_").replace(",", "_").strip("[]'\" "))
+    return "-".join(parts)
+
+
+def _next_metrics_file(run_dir: Path) -> Path:
+    """``metrics-NNN.jsonl``, NNN one above the last attempt's: veRL's file logger truncates its file on open, and
+    ``python -m verl_espo.report`` merges a run's files in name order, so a resumed attempt's steps win."""
+    taken = sorted(run_dir.glob("metrics-[0-9][0-9][0-9].jsonl"))
+    number = int(taken[-1].stem.split("-")[1]) + 1 if taken else 0
+    return run_dir / f"metrics-{number:03d}.jsonl"
+
+
+def _latest_step(checkpoints: Path) -> Optional[int]:
+    marker = checkpoints / "latest_checkpointed_iteration.txt"
+    try:
+        return int(marker.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def plan_run(
+    recipe: str,
+    overrides: Sequence[str] = (),
+    *,
+    data_root: str | Path,
+    out: str | Path,
+    name: Optional[str] = None,
+    ray_address: Optional[str] = None,
+    sft: bool = False,
+    sft_step: Optional[int] = None,
+    sft_overrides: Sequence[str] = (),
+    resume_from: Optional[str] = None,
+    no_resume: bool = False,
+    check: bool = True,
+) -> Plan:
+    """Compose and check the recipe, then build the commands ``run`` executes (nothing is run here)."""
+    recipe = _check_recipe_name(recipe)
+    user = list(overrides)
+    reserved = [o for o in user if o.split("=", 1)[0].lstrip("+~") in _LAUNCHER_KEYS]
+    if reserved:
+        raise ValueError(f"{reserved}: the launcher sets these (use --out to move the run directory)")
+    base = [f"recipe.data_root={Path(data_root).expanduser().resolve()}", *user]
+    if resume_from and no_resume:
+        raise ValueError("--resume-from and --no-resume exclude each other")
+    cfg = compose_recipe(recipe, base)
+    notes: list[str] = []
+
+    experiment = name or _get(cfg, "trainer.experiment_name")
+    if not name:
+        experiment = "-".join(p for p in (experiment, "from-sft" if sft else "", _slug(user)) if p)
+    project = _get(cfg, "trainer.project_name")
+    run_dir = Path(out).expanduser().resolve() / project / experiment
+    launcher = [
+        f"trainer.experiment_name={experiment}",
+        f"trainer.default_local_dir={run_dir / 'checkpoints'}",
+    ]
+    if resume_from:
+        launcher += ["trainer.resume_mode=resume_path", f"trainer.resume_from_path={resume_from}"]
+    elif no_resume:
+        launcher.append("trainer.resume_mode=disable")
+    if ray_address:
+        launcher.append(f"++ray_kwargs.ray_init.address={ray_address}")
+
+    sft_command = sft_dir = None
+    model_override: list[str] = []
+    if sft:
+        from verl_espo import stages
+
+        sft_config = _get(cfg, "recipe.sft_config")
+        sft_files = _files(cfg, "recipe.sft_files")
+        if not sft_config or not sft_files:
+            raise ValueError(f"{recipe} has no SFT stage (recipe.sft_config / recipe.sft_files); drop --sft")
+        base_model = _get(cfg, "actor_rollout_ref.model.path")
+        sft_dir = Path(out).expanduser().resolve() / project / f"sft-{_get(cfg, 'recipe.model')}"
+        if (sft_dir / SFT_DONE).exists():
+            notes.append(f"stage 1 already done in {sft_dir}: reusing it (delete {sft_dir / SFT_DONE} to redo it)")
+        else:
+            sft_command = stages.sft_command(
+                base_model, sft_files, sft_dir, nproc=int(_get(cfg, "trainer.n_gpus_per_node")),
+                config_name=sft_config, overrides=[f"hydra.run.dir={sft_dir / 'hydra'}", *sft_overrides],
+            )  # fmt: skip
+        step = f"global_step_{sft_step}" if sft_step is not None else "global_step_LATEST"
+        model_override = [f"actor_rollout_ref.model.path={sft_dir / step / 'huggingface'}"]
+    elif _get(cfg, "recipe.paper") == "egspo" and _get(cfg, "recipe.method") == "egspo":
+        start = _get(cfg, "actor_rollout_ref.model.path")
+        notes.append(f"EGSPO without --sft skips its stage 1: RL starts from {start}")
+
+    if check:
+        check_recipe(compose_recipe(recipe, [*base, *launcher[:1], *model_override]))
+    step = _latest_step(run_dir / "checkpoints")
+    if step is not None and not (resume_from or no_resume):
+        notes.append(f"resuming from {run_dir / 'checkpoints' / f'global_step_{step}'} (veRL resume_mode=auto)")
+
+    metrics = _next_metrics_file(run_dir)
+    launcher += [
+        f"++ray_kwargs.ray_init.runtime_env.env_vars.VERL_FILE_LOGGER_PATH={metrics}",
+        f"hydra.run.dir={run_dir}",
+    ]
+    command = [
+        sys.executable, "-m", "verl.trainer.main_ppo",
+        f"--config-path={RECIPES_DIR}", f"--config-name={recipe}",
+        *base, *model_override, *launcher,
+    ]  # fmt: skip
+    env = {**PLUGIN_ENV, "VERL_FILE_LOGGER_PATH": str(metrics), "HYDRA_FULL_ERROR": "1", "PYTHONUNBUFFERED": "1"}
+    if _get(cfg, "trainer.device") == "cpu":
+        env["VERL_PLATFORM"] = "cpu"  # the plugin's CPU platform (verl_espo/platform/cpu.py)
+    world = int(_get(cfg, "trainer.nnodes")) * int(_get(cfg, "trainer.n_gpus_per_node"))
+    return Plan(recipe, run_dir, command, env, world, sft_command, sft_dir, notes)
+
+
+# ----------------------------------------------------------------------------- running
+def _show(command: Sequence[str], env: Mapping[str, str], label: str) -> None:
+    prefix = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
+    print(f"[launch] {label}:\n  {(prefix + ' ') if prefix else ''}{shlex.join(command)}", flush=True)
+
+
+def _execute(command: Sequence[str], env: Mapping[str, str]) -> int:
+    return subprocess.run(list(command), env={**os.environ, **env}).returncode
+
+
+def _wait_for_gpus(address: str, needed: int, timeout_s: float) -> float:
+    """Connect to the Ray cluster at ``address`` and wait until it has ``needed`` GPUs (or ``timeout_s`` passes)."""
+    import time
+
+    import ray
+
+    ray.init(address=address, logging_level="ERROR")
+    try:
+        deadline = time.time() + timeout_s
+        while True:
+            gpus = float(ray.cluster_resources().get("GPU", 0))
+            if gpus >= needed or time.time() > deadline:
+                return gpus
+            print(f"[launch] the Ray cluster has {gpus:g} of {needed} GPUs; waiting for workers", flush=True)
+            time.sleep(10)
+    finally:
+        ray.shutdown()
+
+
+def run(
+    plan: Plan,
+    *,
+    dry_run: bool,
+    sft_step: Optional[int] = None,
+    ray_address: Optional[str] = None,
+    wait_s: float = 600,
+) -> int:
+    """Print the plan, then (unless ``dry_run``) run stage 1 if planned and the trainer."""
+    for note in plan.notes:
+        print(f"[launch] {note}")
+    print(f"[launch] run directory: {plan.run_dir}")
+    if plan.sft_command is not None:
+        _show(plan.sft_command, PLUGIN_ENV, "stage 1 (SFT warm-up, verl_espo.stages)")
+    _show(plan.command, plan.env, "trainer")
+    if dry_run:
+        return 0
+    if ray_address:
+        gpus = _wait_for_gpus(ray_address, plan.world, wait_s)
+        if gpus < plan.world:
+            print(
+                f"[launch] the Ray cluster at {ray_address} has {gpus:g} GPUs, the recipe needs {plan.world}: "
+                "start the workers (recipes/launch.py ray-worker) or raise --wait"
+            )
+            return 2
+    command = list(plan.command)
+    if plan.sft_dir is not None:
+        from verl_espo import stages
+
+        if plan.sft_command is not None:
+            rc = _execute(plan.sft_command, PLUGIN_ENV)
+            if rc != 0:
+                print(f"[launch] stage 1 failed (exit code {rc}); not starting RL")
+                return rc
+            (plan.sft_dir / SFT_DONE).write_text("stage 1 finished\n")
+        model_key = "actor_rollout_ref.model.path="
+        base_model = next(a for a in command if a.startswith(model_key) and "global_step_" in a)
+        weights = stages.find_hf_weights(plan.sft_dir, sft_step)
+        index = command.index(base_model)
+        command[index] = f"{model_key}{weights}"
+        print(f"[launch] RL starts from the SFT weights {weights}")
+    plan.run_dir.mkdir(parents=True, exist_ok=True)
+    (plan.run_dir / "command.txt").write_text(shlex.join(command) + "\n")
+    return _execute(command, plan.env)
+
+
+def _ray_start(args: argparse.Namespace, head: bool) -> int:
+    ray = str(Path(sys.executable).with_name("ray"))
+    command = [ray if Path(ray).exists() else "ray", "start"]
+    command += ["--head", f"--port={args.port}", "--dashboard-host=0.0.0.0"] if head else [f"--address={args.address}"]
+    if args.num_gpus is not None:
+        command.append(f"--num-gpus={args.num_gpus}")
+    if args.block:
+        command.append("--block")
+    env = {**PLUGIN_ENV, "PYTHONUNBUFFERED": "1"}
+    check = [sys.executable, "-c", "import verl_espo._plugin as p; assert not p.FAILED, p.FAILED; print('plugin OK')"]
+    _show(check, env, "check that this node's Python has the plugin")
+    _show(command, env, "Ray " + ("head" if head else "worker"))
+    if args.dry_run:
+        return 0
+    rc = _execute(check, env)
+    return rc if rc != 0 else _execute(command, env)
+
+
+# ----------------------------------------------------------------------------- command line
+def _split_overrides(parser: argparse.ArgumentParser, extra: Sequence[str]) -> list[str]:
+    bad = [a for a in extra if "=" not in a]
+    if bad:
+        parser.error(f"unrecognized arguments {bad} (Hydra overrides look like key=value)")
+    return list(extra)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python recipes/launch.py",
+        description=__doc__.split("\n\n")[0],
+        epilog="\n\n".join(__doc__.split("\n\n")[1:]),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("list", help="the launchable recipes")
+
+    def recipe_parser(name: str, help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help)
+        p.add_argument("recipe", help="e.g. espo/qwen3_1.7b_base (see `list`)")
+        p.add_argument("--data-root", default=os.environ.get(DATA_ROOT_ENV, "~/data"),
+                       help=f"root of the prepared data (default ${DATA_ROOT_ENV} or ~/data)")  # fmt: skip
+        p.add_argument("--dry-run", action="store_true", help="print, run nothing")
+        return p
+
+    recipe_parser("data", "prepare the recipe's data sets with `python -m verl_espo.data`")
+    show = recipe_parser("show", "print the composed config (resolved where possible), then check it")
+    show.add_argument("--key", default=None, help="print only this key, e.g. actor_rollout_ref.actor")
+    p_run = recipe_parser("run", "check and launch a recipe")
+    p_run.add_argument("--out", default=os.environ.get(OUT_ENV, "outputs"),
+                       help=f"runs go to OUT/<project>/<experiment> (default ${OUT_ENV} or ./outputs; shared storage "
+                            "on a multi-node cluster)")  # fmt: skip
+    p_run.add_argument("--name", default=None, help="experiment name (default <model>-<method>[-from-sft][-<slug>])")
+    p_run.add_argument("--ray-address", default=None, help="an existing Ray cluster, e.g. auto or HEAD:6379")
+    p_run.add_argument("--wait", type=float, default=600, help="--ray-address: seconds to wait for the GPUs")
+    p_run.add_argument("--sft", action="store_true", help="run the recipe's SFT stage first (once) and RL from it")
+    p_run.add_argument("--sft-step", type=int, default=None, help="start RL from this SFT step (default: the last)")
+    p_run.add_argument("--sft-override", action="append", default=[], metavar="KEY=VALUE", help="stage-1 override")
+    p_run.add_argument("--resume-from", default=None, help="a global_step_N checkpoint directory to resume from")
+    p_run.add_argument("--no-resume", action="store_true", help="start afresh even if checkpoints exist")
+    p_run.add_argument("--no-check", action="store_true", help="skip the config checks")
+    for name, head in (("ray-head", True), ("ray-worker", False)):
+        p = sub.add_parser(name, help=f"start a Ray {'head' if head else 'worker'} with the plugin's environment")
+        if head:
+            p.add_argument("--port", type=int, default=6379)
+        else:
+            p.add_argument("--address", required=True, help="HEAD_IP:PORT of the head node")
+        p.add_argument("--num-gpus", type=int, default=None, help="GPUs of this node (default: Ray detects them)")
+        p.add_argument("--block", action="store_true", help="stay in the foreground (srun / SLURM)")
+        p.add_argument("--dry-run", action="store_true", help="print, run nothing")
+
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "list":
+        print("\n".join(recipe_names()))
+        return 0
+    if args.command in ("ray-head", "ray-worker"):
+        if extra:
+            parser.error(f"unrecognized arguments {extra}")
+        return _ray_start(args, head=args.command == "ray-head")
+    overrides = _split_overrides(parser, extra)
+    data_root = str(Path(args.data_root).expanduser().resolve())
+    try:
+        if args.command == "data":
+            command = data_command(compose_recipe(args.recipe, [f"recipe.data_root={data_root}", *overrides]))
+            _show(command, {}, "data preparation (downloads from the Hugging Face Hub)")
+            return 0 if args.dry_run else _execute(command, {})
+        if args.command == "show":
+            from omegaconf import OmegaConf
+
+            cfg = compose_recipe(args.recipe, [f"recipe.data_root={data_root}", *overrides])
+            node = OmegaConf.select(cfg, args.key) if args.key else cfg
+            print(OmegaConf.to_yaml(node, resolve=True) if OmegaConf.is_config(node) else node)
+            check_recipe(cfg)
+            print("[launch] checks passed: veRL validate_config, verl_espo check_trainer_config, scale")
+            return 0
+        plan = plan_run(
+            args.recipe, overrides, data_root=data_root, out=args.out, name=args.name, ray_address=args.ray_address,
+            sft=args.sft, sft_step=args.sft_step, sft_overrides=args.sft_override, resume_from=args.resume_from,
+            no_resume=args.no_resume, check=not args.no_check,
+        )  # fmt: skip
+    except ValueError as error:
+        print(f"[launch] {error}", file=sys.stderr)
+        return 2
+    return run(plan, dry_run=args.dry_run, sft_step=args.sft_step, ray_address=args.ray_address, wait_s=args.wait)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
