@@ -4,7 +4,7 @@ One training step of the paper is 1,024 responses x up to 16,384 tokens (128 pro
 max length): 16.8M old-policy entropies, of which the ``ceil(0.2 N)`` = 3.4M-th largest is the threshold.
 This runs, on the same data and round-robin so machine noise hits all alike:
 
-* ``topk``: today's :func:`verl_espo.core.espo.batch_entropy_threshold` (masked copy, ``torch.topk``);
+* ``topk``: ``batch_entropy_threshold`` before the switch (masked copy, ``torch.topk``), frozen here;
 * ``kthvalue``: the same masked copy, then ``torch.kthvalue`` (quickselect on CPU);
 * ``radix``: :func:`verl_espo.core.selection.step_entropy_threshold` (histogram radix select, streamed).
 
@@ -28,16 +28,12 @@ import ctypes
 import json
 import math
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from verl_espo.core.espo import batch_entropy_threshold  # noqa: E402
-from verl_espo.core.selection import high_share_count, step_entropy_threshold  # noqa: E402
+from verl_espo.core.selection import high_share_count, step_entropy_threshold
 
 LN_VOCAB = math.log(151_936)  # Qwen3's vocabulary: the entropy's upper bound
 
@@ -68,6 +64,15 @@ def make_inputs(rows: int, tokens: int, layout: str, dtype: torch.dtype, device:
     return entropy.to(device=device, dtype=dtype), mask.to(device)
 
 
+def topk_threshold(entropy: torch.Tensor, mask: torch.Tensor, rho: float) -> float:
+    """``batch_entropy_threshold`` as it was before the radix selection (a masked copy, then ``topk``)."""
+    values = entropy.to(torch.float64 if entropy.dtype == torch.float64 else torch.float32)[mask.bool()]
+    n = values.numel()
+    if n == 0:
+        return math.inf
+    return float(torch.topk(values, high_share_count(rho, n), sorted=False).values.min().item())
+
+
 def kthvalue_threshold(entropy: torch.Tensor, mask: torch.Tensor, rho: float) -> float:
     values = entropy.to(torch.float64 if entropy.dtype == torch.float64 else torch.float32)[mask.bool()]
     n = values.numel()
@@ -77,7 +82,7 @@ def kthvalue_threshold(entropy: torch.Tensor, mask: torch.Tensor, rho: float) ->
     return float(torch.kthvalue(values, n - k + 1).values.item())  # k-th largest = (n-k+1)-th smallest
 
 
-METHODS = {"topk": batch_entropy_threshold, "kthvalue": kthvalue_threshold, "radix": step_entropy_threshold}
+METHODS = {"topk": topk_threshold, "kthvalue": kthvalue_threshold, "radix": step_entropy_threshold}
 
 
 def _sync(device: torch.device) -> None:

@@ -225,6 +225,7 @@ class Plan:
     world: int
     sft_command: Optional[list[str]] = None
     sft_dir: Optional[Path] = None
+    base_model: Optional[str] = None
     notes: list[str] = field(default_factory=list)
 
 
@@ -299,7 +300,7 @@ def plan_run(
     if ray_address:
         launcher.append(f"++ray_kwargs.ray_init.address={ray_address}")
 
-    sft_command = sft_dir = None
+    sft_command = sft_dir = base_model = None
     model_override: list[str] = []
     if sft:
         from verl_espo import stages
@@ -324,7 +325,7 @@ def plan_run(
         notes.append(f"EGSPO without --sft skips its stage 1: RL starts from {start}")
 
     if check:
-        check_recipe(compose_recipe(recipe, [*base, *launcher[:1], *model_override]))
+        check_recipe(cfg)  # the launcher's own overrides change names and paths only
     step = _latest_step(run_dir / "checkpoints")
     if step is not None and not (resume_from or no_resume):
         notes.append(f"resuming from {run_dir / 'checkpoints' / f'global_step_{step}'} (veRL resume_mode=auto)")
@@ -343,7 +344,7 @@ def plan_run(
     if _get(cfg, "trainer.device") == "cpu":
         env["VERL_PLATFORM"] = "cpu"  # the plugin's CPU platform (verl_espo/platform/cpu.py)
     world = int(_get(cfg, "trainer.nnodes")) * int(_get(cfg, "trainer.n_gpus_per_node"))
-    return Plan(recipe, run_dir, command, env, world, sft_command, sft_dir, notes)
+    return Plan(recipe, run_dir, command, env, world, sft_command, sft_dir, base_model, notes)
 
 
 # ----------------------------------------------------------------------------- running
@@ -352,8 +353,27 @@ def _show(command: Sequence[str], env: Mapping[str, str], label: str) -> None:
     print(f"[launch] {label}:\n  {(prefix + ' ') if prefix else ''}{shlex.join(command)}", flush=True)
 
 
-def _execute(command: Sequence[str], env: Mapping[str, str]) -> int:
-    return subprocess.run(list(command), env={**os.environ, **env}).returncode
+def _execute(command: Sequence[str], env: Mapping[str, str], timeout_s: Optional[float] = None) -> int:
+    """Run ``command`` with ``env`` added to this environment; past ``timeout_s`` stop its whole process group (the
+    trainer's Ray processes included) and return 124."""
+    import signal
+
+    proc = subprocess.Popen(list(command), env={**os.environ, **env}, start_new_session=timeout_s is not None)
+    try:
+        return proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(proc.pid, sig)
+                proc.wait(timeout=20)
+                break
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                continue
+        return 124
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
 
 
 def _wait_for_gpus(address: str, needed: int, timeout_s: float) -> float:
@@ -382,8 +402,9 @@ def run(
     sft_step: Optional[int] = None,
     ray_address: Optional[str] = None,
     wait_s: float = 600,
+    timeout_s: Optional[float] = None,
 ) -> int:
-    """Print the plan, then (unless ``dry_run``) run stage 1 if planned and the trainer."""
+    """Print the plan, then (unless ``dry_run``) run stage 1 if planned and the trainer (``timeout_s``: each)."""
     for note in plan.notes:
         print(f"[launch] {note}")
     print(f"[launch] run directory: {plan.run_dir}")
@@ -405,20 +426,22 @@ def run(
         from verl_espo import stages
 
         if plan.sft_command is not None:
-            rc = _execute(plan.sft_command, PLUGIN_ENV)
+            rc = _execute(plan.sft_command, PLUGIN_ENV, timeout_s)
             if rc != 0:
                 print(f"[launch] stage 1 failed (exit code {rc}); not starting RL")
                 return rc
             (plan.sft_dir / SFT_DONE).write_text("stage 1 finished\n")
         model_key = "actor_rollout_ref.model.path="
-        base_model = next(a for a in command if a.startswith(model_key) and "global_step_" in a)
+        placeholder = next(a for a in command if a.startswith(model_key) and "global_step_" in a)
         weights = stages.find_hf_weights(plan.sft_dir, sft_step)
-        index = command.index(base_model)
+        if plan.base_model and stages.ensure_tokenizer(weights, plan.base_model):
+            print(f"[launch] copied {plan.base_model}'s tokenizer into {weights}")
+        index = command.index(placeholder)
         command[index] = f"{model_key}{weights}"
         print(f"[launch] RL starts from the SFT weights {weights}")
     plan.run_dir.mkdir(parents=True, exist_ok=True)
     (plan.run_dir / "command.txt").write_text(shlex.join(command) + "\n")
-    return _execute(command, plan.env)
+    return _execute(command, plan.env, timeout_s)
 
 
 def _ray_start(args: argparse.Namespace, head: bool) -> int:

@@ -48,6 +48,14 @@ def reference_entropy(logits: torch.Tensor) -> torch.Tensor:
     return -(log_p.exp() * log_p).sum(dim=-1)
 
 
+def shift_invariant_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """float32 ``sum p (lse - logit)``: not veRL's, shown for scale. veRL's ``lse - sum(p * logit)`` subtracts
+    two numbers of the logits' magnitude (~30), so its float32 error grows with it; this form does not."""
+    x = logits.float()
+    lse = torch.logsumexp(x, dim=-1, keepdim=True)
+    return (torch.softmax(x, dim=-1) * (lse - x)).sum(dim=-1)
+
+
 PATHS = {
     # pure bf16: entropy_from_logits on bf16 logits where autocast does not upcast (CPU; see the docs)
     "bf16": lambda logits: verl_F.entropy_from_logits(logits),
@@ -57,6 +65,8 @@ PATHS = {
     "fp32_autocast": lambda logits: verl_F.entropy_from_logits(logits.float()),
     # veRL's fused torch kernel: float32 arithmetic, result cast back to the logits' dtype
     "fused_torch_bf16_out": lambda logits: verl_F.entropy_from_logits_with_chunking(logits).bfloat16(),
+    # not in veRL: the same float32 arithmetic in a shift-invariant form
+    "fp32_shift_invariant": shift_invariant_entropy,
 }
 
 
@@ -112,6 +122,7 @@ def test_float32_path_is_within_a_tight_bound(stats):
     assert fp32["zero_share_1e-4..1e-2"] == 0.0  # only entropies below float32's resolution at |logit| ~ 30
     assert fp32["low_group_mean_rel_err"] < 2e-3 and fp32["confident_mean_rel_err"] < 2e-2
     assert stats["fp32_autocast"] == fp32  # CUDA autocast computes the same float32 arithmetic
+    assert stats["fp32_shift_invariant"]["max_abs"] < fp32["max_abs"] / 5  # veRL's formula costs precision
 
 
 def test_bf16_path_errors(stats):
@@ -179,8 +190,10 @@ def print_costs(tokens: int, chunk_sizes: list[int], repeats: int) -> None:
             for c in chunk_sizes
         },
     }
-    print(f"{tokens} tokens x {VOCAB} bf16 logits ({logits.numel() * 2 / 2**20:.0f} MB), {torch.get_num_threads()}"
-          f" CPU threads; {repeats} round-robin repeats")
+    print(
+        f"{tokens} tokens x {VOCAB} bf16 logits ({logits.numel() * 2 / 2**20:.0f} MB), {torch.get_num_threads()}"
+        f" CPU threads; {repeats} round-robin repeats"
+    )
     runs: dict[str, list[tuple[float, float]]] = {name: [] for name in paths}
     for _ in range(repeats):
         for name, fn in paths.items():
@@ -200,13 +213,17 @@ def print_errors(rows: int) -> None:
     print(f"{rows} rows; reference entropy quantiles 10/25/50/75/90%: " + ", ".join(f"{q:.3g}" for q in quantiles))
     bands = ", ".join(f"{band}: {int(((ref >= lo) & (ref < hi)).sum())}" for band, (lo, hi) in BANDS.items())
     print(f"reference entropies by band: {bands}; < 0.1 (confident): {int((ref < 0.1).sum())}")
-    print("| path | max abs err (nats) | mean abs err | exactly 0, by reference band: <1e-4 / 1e-4..1e-2 / "
-          "1e-2..5e-2 | mean rel. err: low group / confident tokens |")
+    print(
+        "| path | max abs err (nats) | mean abs err | exactly 0, by reference band: <1e-4 / 1e-4..1e-2 / "
+        "1e-2..5e-2 | mean rel. err: low group / confident tokens |"
+    )
     print("|---|---|---|---|---|")
     for name, s in error_stats(values).items():
         zeros = " / ".join(f"{s[f'zero_share_{band}']:.0%}" for band in BANDS)
-        print(f"| {name} | {s['max_abs']:.2e} | {s['mean_abs']:.2e} | {zeros} | "
-              f"{s['low_group_mean_rel_err']:.1e} / {s['confident_mean_rel_err']:.1e} |")
+        print(
+            f"| {name} | {s['max_abs']:.2e} | {s['mean_abs']:.2e} | {zeros} | "
+            f"{s['low_group_mean_rel_err']:.1e} / {s['confident_mean_rel_err']:.1e} |"
+        )
 
 
 if __name__ == "__main__":

@@ -339,7 +339,7 @@ def test_metrics_describe_the_groups():
 def test_missing_old_entropy_says_how_to_enable_it():
     config = make_actor_config()
     batch = random_batch()
-    with pytest.raises(MissingOldEntropyError, match="trainer_mode=espo_sync"):
+    with pytest.raises(MissingOldEntropyError, match="trainer_mode=plugin_sync"):
         espo_loss(
             batch["old_log_prob"], batch["log_prob"], batch["advantages"], batch["response_mask"], "token-mean", config
         )

@@ -1,8 +1,8 @@
 """Radix selection (``verl_espo.core.selection``) against a float64 sort and today's ``topk`` threshold.
 
 ``topk_threshold`` below is a frozen copy of ``batch_entropy_threshold`` as it was before the switch to the
-radix selection (a masked copy and ``torch.topk``), so the equality keeps meaning after ``core/espo.py``
-delegates to the new function.
+radix selection (a masked copy and ``torch.topk``), so the equality keeps meaning once
+``core/entropy.py`` delegates to the new function.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import struct
 import pytest
 import torch
 
-from verl_espo.core.espo import batch_entropy_threshold, high_entropy_count
+from verl_espo.core.entropy import batch_entropy_threshold, high_entropy_count
 from verl_espo.core.selection import high_share_count, kth_largest, step_entropy_threshold
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64]
@@ -161,3 +161,12 @@ def test_non_contiguous_input_and_mask_dtypes():
     entropy = tied_values(40 * 30, torch.float32, g, "entropy").view(40, 30).t()  # non-contiguous
     mask = (torch.rand(30, 40, generator=g) < 0.7).float()  # a float mask works like `.bool()`
     assert step_entropy_threshold(entropy, mask, 0.2, chunk_size=100) == topk_threshold(entropy, mask, 0.2)
+
+
+def test_thread_setting_is_restored():
+    threads = torch.get_num_threads()
+    step_entropy_threshold(torch.rand(100), torch.ones(100), 0.2)
+    assert torch.get_num_threads() == threads
+    with pytest.raises(ValueError, match="NaN"):
+        kth_largest(torch.tensor([float("nan"), 1.0]), 1)
+    assert torch.get_num_threads() == threads

@@ -30,12 +30,14 @@ class PPOTokenTerms:
             ``-A c`` for ``A < 0`` (dual clip); carries the gradient. Not zeroed at padding.
         clipped: ``(B, T)`` bool, the clipped branch is strictly larger (veRL's ``pg_clipfrac`` numerator).
         dual_clipped: ``(B, T)`` bool, ``A < 0`` and the dual-clip cap is active (``pg_clipfrac_lower``).
+        negative: ``(B, T)`` bool, ``A < 0``.
         neg_log_ratio: ``(B, T)`` detached ``old_log_prob - log_prob`` after the clamp (``ppo_kl``).
     """
 
     pg_losses: torch.Tensor
     clipped: torch.Tensor
     dual_clipped: torch.Tensor
+    negative: torch.Tensor
     neg_log_ratio: torch.Tensor
 
 
@@ -59,14 +61,14 @@ def ppo_clip_token_terms(
     log_prob, old_log_prob, advantages = log_prob.to(dtype), old_log_prob.to(dtype), advantages.to(dtype)
     log_ratio = torch.clamp(log_prob - old_log_prob, min=-PPO_LOG_RATIO_CLAMP, max=PPO_LOG_RATIO_CLAMP)
     ratio = torch.exp(log_ratio)
-    losses1 = -advantages * ratio
-    losses2 = -advantages * torch.clamp(ratio, 1 - clip_ratio_low, 1 + clip_ratio_high)
+    neg_adv = -advantages  # veRL negates three times; the values are the same
+    losses1 = neg_adv * ratio
+    losses2 = neg_adv * torch.clamp(ratio, 1 - clip_ratio_low, 1 + clip_ratio_high)
     clipped_losses = torch.maximum(losses1, losses2)
-    losses3 = -advantages * clip_ratio_c
-    dual = torch.min(losses3, clipped_losses)
+    losses3 = neg_adv * clip_ratio_c
     negative = advantages < 0
-    pg_losses = torch.where(negative, dual, clipped_losses)
+    pg_losses = torch.where(negative, torch.min(losses3, clipped_losses), clipped_losses)
     with torch.no_grad():
         clipped = torch.gt(losses2, losses1)
         dual_clipped = torch.gt(clipped_losses, losses3) & negative
-    return PPOTokenTerms(pg_losses, clipped, dual_clipped, -log_ratio.detach())
+    return PPOTokenTerms(pg_losses, clipped, dual_clipped, negative, -log_ratio.detach())

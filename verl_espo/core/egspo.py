@@ -13,6 +13,7 @@ Only the abstract of EGSPO is public; the reading implemented here is reconstruc
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
@@ -29,8 +30,10 @@ def phi(prob: torch.Tensor) -> torch.Tensor:
 def gate_weights(high_mask: torch.Tensor, log_prob_for_phi: torch.Tensor, phi_scale: float = 1.0) -> torch.Tensor:
     """Detached per-token weights: 1 on the high-entropy set, ``phi_scale * phi(p)`` elsewhere."""
     with torch.no_grad():
-        prob = torch.exp(log_prob_for_phi.detach().to(compute_dtype(log_prob_for_phi)))
-        return torch.where(high_mask, torch.ones_like(prob), phi_scale * phi(prob))
+        low_weight = phi(torch.exp(log_prob_for_phi.detach().to(compute_dtype(log_prob_for_phi))))
+        if phi_scale != 1.0:
+            low_weight = low_weight * phi_scale
+        return torch.where(high_mask, 1.0, low_weight)
 
 
 @dataclass
@@ -39,19 +42,17 @@ class EGSPOTerms:
 
     Attributes:
         pg_losses: ``(B, T)`` ``w_t * l_t`` (times ``rollout_is_weights``), zero outside ``mask``; carries the gradient.
-        weights: ``(B, T)`` detached ``w_t``.
+        weights: ``(B, T)`` detached ``w_t`` (zero outside ``mask``), or ``None`` without a gate (CHORD: ``w_t = 1``).
         high_mask: ``(B, T)`` bool, gated-high tokens (within ``mask``).
         mask: ``(B, T)`` bool, the tokens the gated loss covers (the rollout tokens).
-        ppo: veRL's PPO terms before weighting.
-        advantages: ``(B, T)`` the advantages in the compute dtype.
+        ppo: veRL's PPO terms before weighting (computed on inputs zeroed outside ``mask``).
     """
 
     pg_losses: torch.Tensor
-    weights: torch.Tensor
+    weights: Optional[torch.Tensor]
     high_mask: torch.Tensor
     mask: torch.Tensor
     ppo: PPOTokenTerms
-    advantages: torch.Tensor
 
 
 def egspo_token_terms(
@@ -59,7 +60,7 @@ def egspo_token_terms(
     old_log_prob: torch.Tensor,
     advantages: torch.Tensor,
     mask: torch.Tensor,
-    high_mask: torch.Tensor,
+    high_mask: Optional[torch.Tensor],
     *,
     phi_source: str = "old",
     phi_scale: float = 1.0,
@@ -73,7 +74,7 @@ def egspo_token_terms(
     Args:
         log_prob, old_log_prob, advantages: ``(B, T)`` padded tensors (``log_prob`` carries the gradient).
         mask: ``(B, T)`` bool, the rollout tokens (response mask without expert rows).
-        high_mask: ``(B, T)`` bool, the gate (``H_t >= tau``); ``mask`` itself gives plain PPO (CHORD's RL part).
+        high_mask: ``(B, T)`` bool, the gate (``H_t >= tau``); ``None``: no gate, plain PPO (CHORD's RL part).
         phi_source: ``"old"`` (``exp(old_log_prob)``) or ``"current"`` (``exp(log_prob)``, detached).
         phi_scale: multiplies ``phi``.
         clip_ratio_low, clip_ratio_high, clip_ratio_c: the actor's PPO clip range and dual-clip bound.
@@ -82,21 +83,23 @@ def egspo_token_terms(
     if phi_source not in ("old", "current"):
         raise ValueError(f"egspo phi_source must be 'old' or 'current', got {phi_source!r}")
     mask = mask.bool()
-    high = high_mask.bool() & mask
+    dtype = compute_dtype(log_prob)
     # Tokens outside ``mask`` are zeroed first ("double where"): inf/NaN in padding (or in expert rows' RL inputs)
-    # reach neither the loss nor the gradient. Valid tokens keep veRL's values exactly.
-    zero = torch.zeros((), dtype=compute_dtype(log_prob), device=log_prob.device)
-    log_prob = torch.where(mask, log_prob.to(zero.dtype), zero)
-    old_log_prob = torch.where(mask, old_log_prob.to(zero.dtype), zero)
-    advantages = torch.where(mask, advantages.to(zero.dtype), zero)
+    # reach neither the loss nor the gradient, and every later term is exactly 0 there (A = 0, and
+    # phi(exp(0)) = 0), so no further masking is needed. Valid tokens keep veRL's values exactly.
+    log_prob = torch.where(mask, log_prob.to(dtype), 0.0)
+    old_log_prob = torch.where(mask, old_log_prob.to(dtype), 0.0)
+    advantages = torch.where(mask, advantages.to(dtype), 0.0)
     ppo = ppo_clip_token_terms(log_prob, old_log_prob, advantages, clip_ratio_low, clip_ratio_high, clip_ratio_c)
-    weights = gate_weights(high, old_log_prob if phi_source == "old" else log_prob, phi_scale)
-    weights = torch.where(mask, weights, torch.zeros_like(weights))
-    pg_losses = ppo.pg_losses * weights
+    if high_mask is None:  # no gate (CHORD's RL part): w = 1
+        high, weights, pg_losses = mask, None, ppo.pg_losses
+    else:
+        high = high_mask.bool() & mask
+        weights = gate_weights(high, old_log_prob if phi_source == "old" else log_prob, phi_scale)
+        pg_losses = ppo.pg_losses * weights
     if rollout_is_weights is not None:
-        pg_losses = pg_losses * rollout_is_weights.to(pg_losses.dtype)
-    pg_losses = torch.where(mask, pg_losses, torch.zeros_like(pg_losses))
-    return EGSPOTerms(pg_losses, weights, high, mask, ppo, advantages.to(pg_losses.dtype))
+        pg_losses = torch.where(mask, pg_losses * rollout_is_weights.to(dtype), 0.0)
+    return EGSPOTerms(pg_losses, weights, high, mask, ppo)
 
 
 def egspo_metrics(terms: EGSPOTerms, prefix: str = "actor/egspo/") -> dict[str, float]:
@@ -108,28 +111,35 @@ def egspo_metrics(terms: EGSPOTerms, prefix: str = "actor/egspo/") -> dict[str, 
     side); veRL's ``actor/pg_clipfrac``, ``actor/pg_clipfrac_lower`` and ``actor/ppo_kl`` over the same tokens.
     """
     with torch.no_grad():
-        mask, high = terms.mask, terms.high_mask
-        low = mask & ~high
-        zero = torch.zeros((), dtype=terms.weights.dtype, device=terms.weights.device)
+        ppo, mask = terms.ppo, terms.mask
 
-        def frac(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
-            return torch.count_nonzero(numerator).to(zero.dtype) / torch.count_nonzero(denominator).clamp(min=1)
+        def as_u8(flags: torch.Tensor) -> torch.Tensor:
+            return flags.view(torch.uint8)
 
-        n_low = torch.count_nonzero(low).clamp(min=1)
+        # One bincount gives every count: code bits [high, clipped, dual-clipped, A < 0]; 16 = outside the mask.
+        code = as_u8(terms.high_mask) | (as_u8(ppo.clipped) << 1) | (as_u8(ppo.dual_clipped) << 2)
+        code = torch.where(mask, code | (as_u8(ppo.negative) << 3), 16)
+        n = torch.bincount(code.reshape(-1), minlength=17)[:16].view(2, 2, 2, 2).double()  # [neg, dual, clip, high]
+        n_high, n_all = n[..., 1].sum(), n.sum()
+        n_low = n_all - n_high
+        w_sum = terms.weights.sum().double() if terms.weights is not None else n_all
+
+        def ratio(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+            return a / b.clamp(min=1)
+
         values = torch.stack(
             [
-                frac(high, mask),
-                torch.where(mask, terms.weights, zero).sum() / torch.count_nonzero(mask).clamp(min=1),
-                torch.where(low, terms.weights, zero).sum() / n_low,
-                frac(low & (terms.advantages < 0), low),
-                frac(terms.ppo.clipped & high, high),
-                frac(terms.ppo.clipped & low, low),
-                frac(terms.ppo.dual_clipped & high, high),
-                frac(terms.ppo.dual_clipped & low, low),
-                frac(terms.ppo.clipped & mask, mask),
-                frac(terms.ppo.dual_clipped & mask, mask),
-                torch.where(mask, terms.ppo.neg_log_ratio.to(zero.dtype), zero).sum()
-                / torch.count_nonzero(mask).clamp(min=1),
+                ratio(n_high, n_all),
+                ratio(w_sum, n_all),
+                ratio(w_sum - n_high, n_low),  # w = 1 on the high side
+                ratio(n[1, ..., 0].sum(), n_low),
+                ratio(n[:, :, 1, 1].sum(), n_high),
+                ratio(n[:, :, 1, 0].sum(), n_low),
+                ratio(n[:, 1, :, 1].sum(), n_high),
+                ratio(n[:, 1, :, 0].sum(), n_low),
+                ratio(n[:, :, 1, :].sum(), n_all),
+                ratio(n[:, 1].sum(), n_all),
+                ratio(ppo.neg_log_ratio.sum().double(), n_all),  # zero outside the mask
             ]
         ).tolist()
     names = (

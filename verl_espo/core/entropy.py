@@ -11,6 +11,7 @@ import math
 import torch
 
 from verl_espo.core.common import compute_dtype
+from verl_espo.core.selection import step_entropy_threshold
 
 __all__ = [
     "TIE_RULES",
@@ -75,17 +76,14 @@ def sequence_high_entropy_mask(
 
 
 def batch_entropy_threshold(entropy: torch.Tensor, response_mask: torch.Tensor, rho: float) -> float:
-    """The ``ceil(rho * N)``-th largest entropy among the ``N`` valid tokens (``espo.grouping=batch``).
+    """The ``ceil(rho * N)``-th largest entropy among the ``N`` valid tokens (``espo.grouping=batch``, EGSPO's
+    ``gate=batch``).
 
     Computed once per training step by the trainer, over the whole step's batch, so that every micro-batch
-    and data-parallel rank uses the same threshold. Returns ``inf`` when there is no valid token.
+    and data-parallel rank uses the same threshold. Returns ``inf`` when there is no valid token. The selection
+    is :func:`verl_espo.core.selection.step_entropy_threshold`: linear time, no copy of the values.
     """
-    values = entropy.to(compute_dtype(entropy))[response_mask.bool()]
-    n = values.numel()
-    if n == 0:
-        return math.inf
-    k = int(high_entropy_count(rho, torch.tensor(n)).item())
-    return float(torch.topk(values, k, sorted=False).values.min().item())
+    return step_entropy_threshold(entropy, response_mask, rho)
 
 
 def threshold_high_entropy_mask(

@@ -2,13 +2,16 @@
 
 ``espo.grouping=batch`` (and EGSPO's gate) needs, once per training step, the ``ceil(rho * N)``-th largest
 of the ``N`` valid old-policy entropies: at the ESPO paper's scale (1,024 responses x 16k tokens) that is
-a k of 3.4M over 17M values. ``torch.topk`` already runs in linear time on CPU (``std::nth_element``), but
-it materialises a ``(value, int64 index)`` pair per element plus the k selected values and indices
-(about 21 bytes per token, 350 MB at 17M), after a masked copy of the input.
+a k of 3.4M over 17M values. ``torch.topk`` with ``k > n / 64`` already runs in expected linear time on
+CPU (``std::nth_element`` in ATen's ``TopKImpl.h``), but it materialises a ``(float, int64 index)`` pair per
+element plus the k selected values and indices, after a masked copy of the input: about 22 bytes per token
+(358 MB at 16.8M tokens, measured by ``benchmarks/bench_threshold.py``). ``torch.kthvalue`` is a quickselect
+on CPU (a copy of the values plus an int64 index per element) and, on CUDA, a radix select run by a single
+thread block per slice, so neither scales better.
 
-This module selects by **radix select on the IEEE-754 bit patterns** (as CUDA's own ``topk`` does, on the
-host): a float's bits, with the magnitude bits flipped for negative values, are an integer key with the
-same order as the float. The key is read 16 bits at a time, most significant first; each pass makes one
+This module selects by **radix select on the IEEE-754 bit patterns**, the method of CUDA's ``topk``: a
+float's bits, with the magnitude bits flipped for negative values, are an integer key with the same order
+as the float. The key is read 16 bits at a time, most significant first; each pass makes one
 65,536-bin histogram of the next 16 bits among the elements that still tie with the answer's known prefix,
 and the histogram's cumulative counts from the top fix the next 16 bits of the answer and how many larger
 elements came before it. bf16/fp16 need one pass, fp32 two, fp64 four. The input is streamed in chunks:
@@ -23,8 +26,10 @@ Pure torch, free of veRL; every function runs on whatever device its input is on
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
+from collections.abc import Iterator
 
 import torch
 
@@ -48,7 +53,7 @@ _INT_VIEW = {
 def high_share_count(rho: float, n: int) -> int:
     """``k = max(1, ceil(rho * n))`` clamped to ``n``: the size of the high-entropy group of ``n`` tokens.
 
-    Same arithmetic as :func:`verl_espo.core.espo.high_entropy_count` (float64 product rounded to 9
+    Same arithmetic as :func:`verl_espo.core.entropy.high_entropy_count` (float64 product rounded to 9
     decimals before the ceiling, so ``rho=0.2, n=15`` gives 3, not 4), on a Python int.
     """
     product = (torch.tensor(n, dtype=torch.float64) * float(rho)).round(decimals=9)
@@ -158,6 +163,23 @@ class _Histograms:
         return False
 
 
+@contextlib.contextmanager
+def _one_intra_op_thread(device: torch.device) -> Iterator[None]:
+    """Run the passes on one CPU thread: they are hundreds of short memory-bound ops around a serial
+    ``bincount``, so extra threads gain little, and every op's parallel region waits for descheduled
+    threads when the host is oversubscribed (measured on 2 shared cores: 0.1 s on one thread, 1-17 s on
+    two). Process-wide setting, restored on exit."""
+    threads = torch.get_num_threads()
+    if device.type != "cpu" or threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _radix_select(hist: _Histograms, k_of_n) -> tuple[float, bool, int]:
     """Radix select: ``(k-th largest valid value, any valid NaN, n valid)`` with ``k = k_of_n(n)``.
 
@@ -204,7 +226,8 @@ def kth_largest(
     """
     if mask is not None and mask.numel() != values.numel():
         raise ValueError(f"mask has {mask.numel()} elements, values {values.numel()}")
-    value, has_nan, n = _radix_select(_Histograms(values, mask, chunk_size), lambda n: k)
+    with _one_intra_op_thread(values.device):
+        value, has_nan, n = _radix_select(_Histograms(values, mask, chunk_size), lambda n: k)
     if n == 0:
         raise ValueError(f"k must be in [1, 0] (no valid entry), got {k}")
     if has_nan:
@@ -217,7 +240,7 @@ def step_entropy_threshold(
 ) -> float:
     """The ``ceil(rho * N)``-th largest of the ``N`` valid entropies: the step-level ESPO threshold.
 
-    Exactly :func:`verl_espo.core.espo.batch_entropy_threshold` (same value for every input, ties
+    Exactly :func:`verl_espo.core.entropy.batch_entropy_threshold` (same value for every input, ties
     included: the k-th largest counted with multiplicity; ``inf`` when no token is valid; ``nan`` when a
     valid entropy is NaN, as ``topk(...).min()`` gives), in linear time and without copying the input.
     float64 input is selected in float64; bfloat16/float16/float32 in their own precision, which equals
@@ -227,5 +250,6 @@ def step_entropy_threshold(
     """
     if mask.numel() != entropy.numel():
         raise ValueError(f"mask has {mask.numel()} elements, entropy {entropy.numel()}")
-    value, _, _ = _radix_select(_Histograms(entropy, mask, chunk_size), lambda n: high_share_count(rho, n))
+    with _one_intra_op_thread(entropy.device):
+        value, _, _ = _radix_select(_Histograms(entropy, mask, chunk_size), lambda n: high_share_count(rho, n))
     return value

@@ -281,8 +281,8 @@ class PluginTrainerMixin:
                     "the step-level entropy threshold needs the old-policy `entropy`, which the batch lacks"
                 )
             entropy, _ = _flat_tokens(data[OLD_ENTROPY_KEY])
-            rollout_token = ~expert[row_of_token]  # expert rows never enter the threshold
-            threshold = batch_entropy_threshold(entropy[rollout_token], mask[rollout_token], rho)
+            valid = mask & ~expert[row_of_token] if self.hybrid else mask  # expert rows never enter the threshold
+            threshold = batch_entropy_threshold(entropy, valid, rho)
             batch.extra_info[ENTROPY_THRESHOLD_KEY] = threshold
             metrics["actor/step_entropy_threshold"] = threshold
         if not self.hybrid:
