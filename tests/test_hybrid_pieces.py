@@ -187,3 +187,17 @@ def test_espo_verified_is_grpo_over_verified_responses():
     expected, _ = compute_grpo_outcome_advantage(rewards[verified], mask[verified], index[verified])
     assert torch.equal(got[verified], expected) and torch.equal(got[2], torch.zeros(4))
     assert torch.isfinite(got).all()
+
+
+def test_every_update_of_a_step_draws_its_own_expert_batch():
+    from verl_espo.trainer.sync import PluginTrainerSync
+
+    trainer = object.__new__(PluginTrainerSync)  # no workers: only the indexing
+    trainer.global_steps, trainer.parameter_sync_step = 3, 1
+    assert trainer._expert_batch_index() == 3  # sync mode: one update per global step
+    trainer.parameter_sync_step = 4  # separate_async: four updates per global step
+    indices = []
+    for trigger in range(4):
+        trainer.local_trigger_step = trigger
+        indices.append(trainer._expert_batch_index())
+    assert indices == [9, 10, 11, 12]

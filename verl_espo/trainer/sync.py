@@ -163,8 +163,15 @@ class PluginTrainerMixin:
         # and a whole number of rollout groups for the mini-batch size veRL derives from rollout.n.
         return math.lcm(dp_size, int(self.config.actor_rollout_ref.rollout.n))
 
+    def _expert_batch_index(self) -> int:
+        """1-based index of this update's expert batch: veRL runs ``parameter_sync_step`` updates per global step
+        (``separate_async``), each of which gets its own demonstrations and keys."""
+        per_step = int(getattr(self, "parameter_sync_step", 1) or 1)
+        return (self.global_steps - 1) * per_step + int(getattr(self, "local_trigger_step", 0) or 0) + 1
+
     def _add_expert_rows(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
-        samples = self.expert_data.samples_for_step(self.global_steps)
+        index = self._expert_batch_index()
+        samples = self.expert_data.samples_for_step(index)
         # Rollout rows are flagged 0; veRL's padding rows copy the first rollout row, flag included.
         flagged = tq.kv_batch_put(
             keys=batch.keys,
@@ -175,7 +182,7 @@ class PluginTrainerMixin:
         template, template_tag = construct_minimal_padding_template(source, batch.tags[0], self.tokenizer.eos_token_id)
         keys, rows, tags = [], [], []
         for j, sample in enumerate(samples):
-            uid = f"{EXPERT_UID_PREFIX}{self.global_steps}-{j}"
+            uid = f"{EXPERT_UID_PREFIX}{index}-{j}"
             keys.append(f"{uid}_0_0")  # veRL's {uid}_{session}_{index} key format
             rows.append(expert_row(template, sample, uid))
             tag = dict(template_tag)
