@@ -2,8 +2,8 @@
 
 The whole stack runs (Ray, TransferQueue, FSDP2 actor, the ``hf`` rollout, reward, the ``plugin_sync`` trainer
 mixing the toy task's expert demonstrations into every step, the ``hybrid_grpo`` advantage, the gated loss).
-One EGSPO run of the bundled default is checked for what each part must produce and for learning; CHORD runs
-two steps. Deselect them with ``-m "not slow"``.
+One EGSPO run of the bundled default is checked for what each part must produce and for learning; CHORD's
+smoke config is EGSPO's without the gate. Deselect them with ``-m "not slow"``.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-EGSPO_STEPS = 40
+EGSPO_STEPS = 25  # learning shows by step 20 (reward +0.3, validation 0.13 -> 0.54 in a 40-step run)
 VAL_KEY = "val-core/toy_arithmetic/acc/mean@1"
 # egspo_smoke.yaml: 16 prompts x 8 rollouts + 16 expert rows per step, mu = 0.1
 ROLLOUT_ROWS, EXPERT_ROWS, MU = 128, 16, 0.1
@@ -91,15 +91,25 @@ def test_egspo_raises_the_reward_on_the_bundled_default(egspo_run):
     assert validated[-1] >= validated[0] + 0.2, validated
 
 
-@pytest.mark.slow
-def test_chord_smoke_runs_plain_ppo_with_the_sft_mix(tmp_path):
-    from verl_espo.smoke import run_smoke
+def test_chord_smoke_config_is_the_egspo_smoke_config_without_the_gate():
+    """CHORD's trainer path is EGSPO's (the e2e run above) with loss_mode=chord; its loss runs through veRL's FSDP2
+    actor in tests/test_actor_integration.py. Here: its smoke config composes and passes the trainer's checks."""
+    from hydra import compose, initialize_config_module
+    from omegaconf import open_dict
 
-    result = run_smoke("chord", 2, tmp_path / "chord", echo=False, timeout_s=900)
-    assert result.ok, Path(result.out_dir, "train.log").read_text()[-5000:]
-    steps = _train_steps(result)
-    assert len(steps) == 2
-    for step in steps:
-        _check_hybrid_step(step)
-        assert not any(k.startswith("actor/egspo/") for k in step)  # no gate
-    assert "'loss_mode': 'chord'" in Path(result.out_dir, "train.log").read_text()
+    from verl_espo.trainer.checks import check_trainer_config
+
+    configs = {}
+    for algo in ("egspo", "chord"):
+        with initialize_config_module(config_module="verl_espo.config", version_base=None):
+            cfg = compose(
+                config_name=f"{algo}_smoke",
+                overrides=["actor_rollout_ref.model.path=/m", "data.train_files=/t", "data.val_files=/v",
+                           "data.expert.files=[/e]"],
+            )  # fmt: skip
+        check_trainer_config(cfg)
+        with open_dict(cfg):
+            cfg.actor_rollout_ref.actor.policy_loss.loss_mode = "-"
+            cfg.trainer.experiment_name = "-"
+        configs[algo] = cfg
+    assert configs["egspo"] == configs["chord"]
