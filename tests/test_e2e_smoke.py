@@ -157,7 +157,8 @@ def _main_job_output(steps: int):
     from verl_espo.report.runs import read_file_logger
 
     root = Path(__file__).resolve().parents[1]
-    newest_code = max(p.stat().st_mtime for p in (root / "verl_espo").rglob("*") if p.is_file())
+    sources = [p for pattern in ("*.py", "*.yaml") for p in (root / "verl_espo").rglob(pattern)]
+    newest_code = max(p.stat().st_mtime for p in sources)  # sources only: imports write __pycache__ later
     for out in sorted((root / "outputs" / "smoke").glob("espo-*"), reverse=True):
         summary, command = out / "summary.json", out / "command.txt"
         if not (summary.is_file() and command.is_file()) or summary.stat().st_mtime < newest_code:
