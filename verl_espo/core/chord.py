@@ -14,7 +14,7 @@ import torch
 from verl_espo.core.common import compute_dtype
 from verl_espo.core.egspo import phi
 
-__all__ = ["mu_schedule", "sft_token_losses"]
+__all__ = ["mu_schedule", "sft_token_losses", "hybrid_counts"]
 
 
 def mu_schedule(step: int, warmup_steps: int, decay_steps: int, peak: float, valley: float) -> float:
@@ -44,3 +44,16 @@ def sft_token_losses(log_prob: torch.Tensor, use_phi: bool) -> tuple[torch.Tenso
     with torch.no_grad():
         weights = phi(torch.exp(log_prob.detach())) if use_phi else torch.ones_like(log_prob)
     return -weights * log_prob, weights
+
+
+def hybrid_counts(token_counts: torch.Tensor, is_expert: torch.Tensor) -> dict[str, int]:
+    """Per-type token and row counts of a step's batch from each row's valid-token count (padding rows count as
+    rollout rows with no token, as veRL counts them in ``global_batch_size``)."""
+    expert = is_expert.reshape(-1).bool()
+    lengths = token_counts.reshape(-1).to(torch.int64)
+    return {
+        "rollout_tokens": int(lengths[~expert].sum()),
+        "rollout_rows": int((~expert).sum()),
+        "expert_tokens": int(lengths[expert].sum()),
+        "expert_rows": int(expert.sum()),
+    }

@@ -22,7 +22,7 @@ from verl.trainer.ppo.core_algos import agg_loss, register_policy_loss
 from verl.workers.config import ActorConfig
 
 from verl_espo.config.loss import EGSPO_KEY_PREFIX, HYBRID_KEY_PREFIX, EGSPOConfig, HybridConfig
-from verl_espo.core.chord import sft_token_losses
+from verl_espo.core.chord import hybrid_counts, sft_token_losses
 from verl_espo.core.egspo import egspo_metrics, egspo_token_terms
 from verl_espo.core.entropy import sequence_high_entropy_mask, threshold_high_entropy_mask
 from verl_espo.losses.errors import MissingLossInputError, missing_old_entropy_message
@@ -78,16 +78,6 @@ def _gate(
     return threshold_high_entropy_mask(old_entropy, rollout_mask, threshold)
 
 
-def _local_counts(response_mask: torch.Tensor, expert_mask: torch.Tensor) -> dict[str, int]:
-    tokens = response_mask.sum(dim=-1)
-    return {
-        "rollout_tokens": int(tokens[~expert_mask].sum()),
-        "rollout_rows": int((~expert_mask).sum()),
-        "expert_tokens": int(tokens[expert_mask].sum()),
-        "expert_rows": int(expert_mask.sum()),
-    }
-
-
 def _hybrid_counts(
     counts: Optional[Mapping[str, Any]], config: ActorConfig, response_mask: torch.Tensor, expert_mask: torch.Tensor
 ) -> dict[str, int]:
@@ -101,7 +91,7 @@ def _hybrid_counts(
                 "that the plugin's trainer computes (`trainer.v1.trainer_mode=plugin_sync`); none reached the loss, "
                 "and a per-micro-batch count would make the loss depend on how the batch is split"
             )
-        return _local_counts(response_mask, expert_mask)
+        return hybrid_counts(response_mask.sum(dim=-1), expert_mask)
     missing = [k for k in HYBRID_COUNT_KEYS if k not in counts]
     if missing:
         raise ValueError(f"hybrid_counts lacks {missing}; expected keys {list(HYBRID_COUNT_KEYS)}")

@@ -1,9 +1,8 @@
 """V1 trainers the plugin registers with ``verl.trainer.ppo.v1.register_trainer``: ``plugin_sync`` (alias
 ``espo_sync``)."""
 
+from verl_espo.trainer.espo_sync import ESPOTrainerSync
 from verl_espo.trainer.sync import PluginTrainerSync
-
-ESPOTrainerSync = PluginTrainerSync
 
 __all__ = ["PluginTrainerSync", "ESPOTrainerSync"]
 

@@ -34,11 +34,12 @@ from verl.trainer.ppo.padding_utils import construct_minimal_padding_template
 from verl.trainer.ppo.v1 import PPOTrainerSync, register_trainer
 from verl.trainer.ppo.v1.trainer_colocate_async import PPOTrainerColocateAsync
 from verl.trainer.ppo.v1.trainer_separate_async import PPOTrainerSeparateAsync
+from verl.utils import tensordict_utils as tu
 from verl.utils.debug.metrics import calculate_debug_metrics
 from verl.utils.tensordict_utils import list_of_dict_to_tensordict
 
 from verl_espo.advantages import EXPERT_UID_PREFIX
-from verl_espo.core.chord import mu_schedule
+from verl_espo.core.chord import hybrid_counts, mu_schedule
 from verl_espo.core.entropy import batch_entropy_threshold
 from verl_espo.losses import LOSS_INPUTS
 from verl_espo.trainer.checks import check_trainer_config, expert_data_config
@@ -88,19 +89,6 @@ def _flat_tokens(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         lengths = torch.full((values.shape[0],), values.shape[1], dtype=torch.int64)
         flat = values.reshape(-1)
     return flat, torch.repeat_interleave(torch.arange(lengths.numel()), lengths)
-
-
-def hybrid_counts(token_counts: torch.Tensor, is_expert: torch.Tensor) -> dict[str, int]:
-    """Per-type token and row counts of a step's batch from each row's valid-token count (padding rows count as
-    rollout rows with no token, as veRL counts them in ``global_batch_size``)."""
-    expert = is_expert.reshape(-1).bool()
-    lengths = token_counts.reshape(-1).to(torch.int64)
-    return {
-        "rollout_tokens": int(lengths[~expert].sum()),
-        "rollout_rows": int((~expert).sum()),
-        "expert_tokens": int(lengths[expert].sum()),
-        "expert_rows": int(expert.sum()),
-    }
 
 
 class PluginTrainerMixin:
@@ -221,14 +209,12 @@ class PluginTrainerMixin:
         expert = row_flags(data[EXPERT_KEY])
         if calculate_log_probs and expert.any():
             # Expert rows were not sampled by the rollout: their "rollout" log-probs are the old ones (IS ratio 1).
-            expert_keys = [k for k, e in zip(batch.keys, expert.tolist()) if e]
-            expert_data = tq.kv_batch_get(
-                keys=expert_keys, partition_id=batch.partition_id, select_fields=["old_log_probs"]
-            )
+            rows = expert.nonzero().reshape(-1).tolist()
+            expert_old = tu.index_select_tensor_dict(data.select("old_log_probs"), rows)["old_log_probs"]
             tq.kv_batch_put(
-                keys=expert_keys,
+                keys=[batch.keys[i] for i in rows],
                 partition_id=batch.partition_id,
-                fields=TensorDict({"rollout_log_probs": expert_data["old_log_probs"]}, batch_size=len(expert_keys)),
+                fields=TensorDict({"rollout_log_probs": expert_old}, batch_size=len(rows)),
             )
         padded = data.to_padded_tensor()
         mask = padded["response_mask"].bool()
