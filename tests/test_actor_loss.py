@@ -10,7 +10,7 @@ from verl.utils import tensordict_utils as tu
 from verl.utils.metric import AggregationType, Metric
 from verl.workers.utils.losses import ppo_loss
 
-from verl_espo.losses.errors import MissingLossInputError
+from verl_espo.loss_inputs import MissingLossInputError
 from verl_espo.losses.espo import MissingOldEntropyError, compute_policy_loss_espo
 from verl_espo.workers.actor_loss import ENTROPY_THRESHOLD_KEY, entropy_aware_ppo_loss, padded_old_entropy
 

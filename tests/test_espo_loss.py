@@ -17,7 +17,7 @@ from verl_espo.core.espo import (
     high_entropy_count,
     sequence_high_entropy_mask,
 )
-from verl_espo.losses.errors import MissingLossInputError
+from verl_espo.loss_inputs import MissingLossInputError
 from verl_espo.losses.espo import MissingOldEntropyError
 
 espo_loss = get_policy_loss_fn("espo")

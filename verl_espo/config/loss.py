@@ -231,7 +231,7 @@ class PluginPolicyLossConfig(PolicyLossConfig):
         self._check_run()
 
     def _check_run(self) -> None:
-        from verl_espo.losses import ENTROPY_AWARE_LOSS_MODES  # the loss table imports this module
+        from verl_espo.loss_inputs import ENTROPY_AWARE_LOSS_MODES
 
         mode = self.loss_mode
         if mode not in ENTROPY_AWARE_LOSS_MODES:

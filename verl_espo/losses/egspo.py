@@ -25,8 +25,8 @@ from verl_espo.config.loss import EGSPO_KEY_PREFIX, HYBRID_KEY_PREFIX, EGSPOConf
 from verl_espo.core.chord import hybrid_counts, sft_token_losses
 from verl_espo.core.egspo import egspo_metrics, egspo_token_terms
 from verl_espo.core.entropy import sequence_high_entropy_mask, threshold_high_entropy_mask
-from verl_espo.losses.errors import MissingLossInputError, missing_old_entropy_message
-from verl_espo.losses.extras import current_extras
+from verl_espo.loss_inputs import MissingLossInputError, missing_old_entropy_message
+from verl_espo.loss_inputs import current_extras
 
 __all__ = ["compute_policy_loss_egspo", "compute_policy_loss_chord", "HYBRID_COUNT_KEYS"]
 
@@ -236,7 +236,7 @@ _DOC_ARGS = """
         mu: the SFT weight of the step (required with ``expert_mask``).
         hybrid_counts: the mini-batch's ``rollout_tokens``, ``rollout_rows``, ``expert_tokens``, ``expert_rows``.
 
-    Keyword inputs left as ``None`` are taken from the plugin's actor loss (:mod:`verl_espo.losses.extras`).
+    Keyword inputs left as ``None`` are taken from the plugin's actor loss (:mod:`verl_espo.loss_inputs`).
     Returns ``(loss, metrics)``.
 """
 

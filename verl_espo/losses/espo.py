@@ -17,8 +17,8 @@ from verl.workers.config import ActorConfig
 from verl_espo.config.loss import ESPO_KEY_PREFIX, ESPOConfig
 from verl_espo.core.entropy import high_entropy_count, sequence_high_entropy_mask, threshold_high_entropy_mask
 from verl_espo.core.espo import espo_metrics, espo_token_terms
-from verl_espo.losses.errors import MissingLossInputError, missing_old_entropy_message
-from verl_espo.losses.extras import current_extras
+from verl_espo.loss_inputs import MissingLossInputError, missing_old_entropy_message
+from verl_espo.loss_inputs import current_extras
 
 __all__ = ["compute_policy_loss_espo", "MissingOldEntropyError", "resolve_vocab_size"]
 
@@ -91,7 +91,7 @@ def compute_policy_loss_espo(
             :class:`~verl_espo.config.ESPOPolicyLossConfig`; aggregation uses ``config.global_batch_info``.
         rollout_is_weights: optional ``(B, T)`` rollout-correction weights multiplying the token losses.
         old_entropy: ``(B, T)`` old-policy entropy. When omitted, taken from the plugin's actor loss
-            (:mod:`verl_espo.losses.extras`); an error if neither provides it.
+            (:mod:`verl_espo.loss_inputs`); an error if neither provides it.
         entropy_threshold: the step-level threshold for ``espo.grouping=batch`` (from the trainer when
             omitted).
 

@@ -6,7 +6,7 @@ from omegaconf import DictConfig, OmegaConf
 from verl.utils.config import omega_conf_to_dataclass
 
 from verl_espo.config.loss import PluginPolicyLossConfig
-from verl_espo.losses import ENTROPY_AWARE_LOSS_MODES, HYBRID_LOSS_MODES, PLUGIN_LOSS_MODES
+from verl_espo.loss_inputs import ENTROPY_AWARE_LOSS_MODES, HYBRID_LOSS_MODES, PLUGIN_LOSS_MODES
 from verl_espo.trainer.expert_data import EXPERT_DATA_KEY, ExpertDataConfig
 
 __all__ = ["check_trainer_config", "expert_data_config"]

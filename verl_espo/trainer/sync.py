@@ -2,7 +2,7 @@
 trainer under its name from before EGSPO).
 
 Selected with ``trainer.v1.trainer_mode=plugin_sync`` (the default of the plugin's ``*_trainer`` configs). It
-behaves exactly like veRL's ``sync`` trainer, plus, for the losses of :data:`verl_espo.losses.LOSS_INPUTS`:
+behaves exactly like veRL's ``sync`` trainer, plus, for the losses of :data:`verl_espo.loss_inputs.LOSS_INPUTS`:
 
 1. at start-up it refuses settings it cannot honour (:func:`~verl_espo.trainer.checks.check_trainer_config`);
 2. after the workers are built it installs the plugin's actor loss through veRL's public
@@ -41,7 +41,7 @@ from verl.utils.tensordict_utils import list_of_dict_to_tensordict
 from verl_espo.advantages import EXPERT_UID_PREFIX
 from verl_espo.core.chord import hybrid_counts, mu_schedule
 from verl_espo.core.entropy import batch_entropy_threshold
-from verl_espo.losses import LOSS_INPUTS
+from verl_espo.loss_inputs import LOSS_INPUTS
 from verl_espo.trainer.checks import check_trainer_config, expert_data_config
 from verl_espo.trainer.expert_data import ExpertDemonstrations, expert_row
 from verl_espo.workers.actor_loss import (

@@ -2,9 +2,9 @@
 
 Installed in the actor workers by the plugin's trainer (``plugin_sync``) through veRL's public
 ``ActorRolloutRefWorker.set_loss_fn``. For ``loss_mode`` values outside
-:data:`~verl_espo.losses.PLUGIN_LOSS_MODES` it *is* veRL's ``ppo_loss`` (same call, same result).
+:data:`~verl_espo.loss_inputs.PLUGIN_LOSS_MODES` it *is* veRL's ``ppo_loss`` (same call, same result).
 For the plugin's losses it calls the same ``ppo_loss`` (so the KL loss, entropy bonus and metric aggregation
-are veRL's) inside :func:`~verl_espo.losses.extras.policy_loss_extras`, which hands the policy loss:
+are veRL's) inside :func:`~verl_espo.loss_inputs.policy_loss_extras`, which hands the policy loss:
 
 * ``old_entropy``: the old policy's per-token entropy, padded like ``old_log_probs``. veRL's V1 trainer
   computes it in the old-log-prob pass (rollout temperature) and keeps it in the batch under ``entropy``;
@@ -29,8 +29,8 @@ from verl.utils.metric import AggregationType, Metric
 from verl.workers.config import ActorConfig
 from verl.workers.utils import losses as verl_losses
 
-from verl_espo.losses import PLUGIN_LOSS_MODES
-from verl_espo.losses.extras import policy_loss_extras
+from verl_espo.loss_inputs import PLUGIN_LOSS_MODES
+from verl_espo.loss_inputs import policy_loss_extras
 
 __all__ = [
     "entropy_aware_ppo_loss",
