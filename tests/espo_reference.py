@@ -14,12 +14,13 @@ import torch
 
 
 def reference_high_sets(entropy, mask, rho, grouping="sequence", threshold=None, ties="join"):
-    """Per row, the set of token positions in the high-entropy group (``ties``: ``join`` or ``position``)."""
+    """Per row, the set of token positions in the high-entropy group (``ties``: ``join`` or ``position``);
+    ``grouping="token"`` has no high group (every token is a group of its own, see :func:`reference_groups`)."""
     B, T = mask.shape
     out = []
     for i in range(B):
         idx = [t for t in range(T) if bool(mask[i, t])]
-        if not idx:
+        if not idx or grouping == "token":
             out.append(set())
             continue
         if grouping == "sequence":
@@ -41,6 +42,13 @@ def reference_batch_threshold(entropy, mask, rho):
         return math.inf
     k = max(1, math.ceil(Fraction(str(rho)) * len(values)))
     return values[k - 1]
+
+
+def reference_groups(idx, high, grouping):
+    """The non-empty groups of one row's valid positions ``idx``: high and low, or one per token."""
+    if grouping == "token":
+        return [[t] for t in idx]
+    return [g for g in ([t for t in idx if t in high], [t for t in idx if t not in high]) if g]
 
 
 def _clip(x, lo, hi):
@@ -75,8 +83,14 @@ def reference_espo(
     global_batch_size=None,
     batch_num_tokens=None,
     dp_size=1,
+    loss_scale_factor=None,
 ):
-    """Scalar ESPO loss in float64; ``log_prob`` must require grad for gradient checks."""
+    """Scalar ESPO loss in float64; ``log_prob`` must require grad for gradient checks.
+
+    ``grouping``: ``sequence``, ``batch`` (with ``threshold``) or ``token`` (every valid token its own group).
+    ``loss_agg_mode`` (with ``aggregation="actor"``): veRL's ``token-mean``, ``token-sum``, ``seq-mean-token-sum``,
+    ``seq-mean-token-sum-norm`` (divided by ``loss_scale_factor``, default ``T``) or ``seq-mean-token-mean``.
+    """
     B, T = mask.shape
     highs = reference_high_sets(entropy, mask, rho, grouping, threshold, ties)
     row_values, token_losses, n_rows, n_tokens = [], [], 0, 0
@@ -86,7 +100,7 @@ def reference_espo(
             continue
         n_rows += 1
         n_tokens += len(idx)
-        groups = [g for g in ([t for t in idx if t in highs[i]], [t for t in idx if t not in highs[i]]) if g]
+        groups = reference_groups(idx, highs[i], grouping)
         row_value = 0.0
         row_tokens = []
         for g in groups:
@@ -122,16 +136,22 @@ def reference_espo(
         row_values.append(row_value)
         token_losses.append(row_tokens)
 
-    if aggregation == "paper" or loss_agg_mode in ("seq-mean-token-sum", "seq-mean-token-mean"):
+    seq_modes = ("seq-mean-token-sum", "seq-mean-token-sum-norm", "seq-mean-token-mean")
+    if aggregation == "paper" or loss_agg_mode in seq_modes:
         if aggregation == "paper":
             per_row = row_values
-        elif loss_agg_mode == "seq-mean-token-sum":
-            per_row = [sum(r) for r in token_losses]
-        else:
+        elif loss_agg_mode == "seq-mean-token-mean":
             per_row = [sum(r) / len(r) for r in token_losses]
+        else:
+            per_row = [sum(r) for r in token_losses]
         denom = global_batch_size if global_batch_size is not None else n_rows
-        return sum(per_row) / denom * dp_size
+        loss = sum(per_row) / denom * dp_size
+        if aggregation != "paper" and loss_agg_mode == "seq-mean-token-sum-norm":
+            loss = loss / (loss_scale_factor if loss_scale_factor is not None else T)
+        return loss
     if loss_agg_mode == "token-mean":
         denom = batch_num_tokens if batch_num_tokens is not None else n_tokens
         return sum(sum(r) for r in token_losses) / denom * dp_size
+    if loss_agg_mode == "token-sum":
+        return sum(sum(r) for r in token_losses) * dp_size
     raise ValueError(loss_agg_mode)

@@ -27,7 +27,8 @@ class FakeRunner:
         self.fail = fail
 
     def __call__(self, algo, steps, out_dir, overrides, *, model_dir, echo=True) -> SmokeResult:
-        self.calls.append({"algo": algo, "steps": steps, "out": Path(out_dir), "overrides": overrides, "model": model_dir})
+        call = {"algo": algo, "steps": steps, "out": Path(out_dir), "overrides": overrides, "model": model_dir}
+        self.calls.append(call)
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         done = steps // 2 if algo in self.fail else steps

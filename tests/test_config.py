@@ -70,7 +70,7 @@ def test_overrides_need_no_plus_and_are_typed():
         ("high_entropy_ratio=1.5", "high_entropy_ratio must be in (0, 1]"),
         ("alpha=0", "alpha must be > 0"),
         ("alpha=-0.1", "alpha must be > 0"),
-        ("grouping=token", "grouping must be one of"),
+        ("grouping=tokens", "grouping must be one of"),
         ("ratio=gspo", "ratio must be one of"),
         ("clip=dynamic", "clip must be one of"),
         ("aggregation=mean", "aggregation must be one of"),

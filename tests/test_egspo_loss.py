@@ -20,8 +20,7 @@ from verl.trainer.ppo.core_algos import get_policy_loss_fn
 from verl.workers.config import FSDPActorConfig, PolicyLossConfig
 
 from verl_espo.config import EGSPOConfig, HybridConfig, PluginPolicyLossConfig
-from verl_espo.loss_inputs import MissingLossInputError
-from verl_espo.loss_inputs import policy_loss_extras
+from verl_espo.loss_inputs import MissingLossInputError, policy_loss_extras
 
 AGG_MODES = ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum"]
 RHO = 0.3

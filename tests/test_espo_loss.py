@@ -268,8 +268,8 @@ def test_single_group_fixed_clip_equals_verl_gspo():
 @pytest.mark.parametrize(
     "aggregation,mode", [("paper", "token-mean"), ("actor", "token-mean"), ("actor", "seq-mean-token-mean")]
 )
-def test_micro_batch_and_data_parallel_splits_do_not_change_the_loss(aggregation, mode):
-    config = make_actor_config(aggregation=aggregation, loss_agg_mode=mode)
+def test_micro_batch_and_data_parallel_splits_do_not_change_the_loss(aggregation, mode, grouping="sequence"):
+    config = make_actor_config(aggregation=aggregation, loss_agg_mode=mode, grouping=grouping)
     batch = random_batch(B=8, T=10, seed=13)
     mask = batch["response_mask"]
     info = {
@@ -475,3 +475,248 @@ def test_paper_scale_clip_decisions_match_reference(grouping, ties):
     torch.testing.assert_close(loss, ref_loss, rtol=1e-9, atol=1e-15)
     torch.testing.assert_close(grad, ref_grad, rtol=1e-9, atol=1e-15)
     assert 0.05 < metrics["actor/pg_clipfrac"] < 0.95  # many decisions on each side of the bounds
+
+
+# ---------------------------------------------------------------- grouping=token ("w/o entropy grouping", Sec. 4.4)
+
+AGGREGATIONS = [("paper", "token-mean")] + [
+    ("actor", mode)
+    for mode in ("token-mean", "token-sum", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
+]
+TOKEN_CASES = [
+    dict(ratio=r, clip=c, aggregation=a, loss_agg_mode=m)
+    for r in ("gspo_token", "literal")
+    for c in ("adaptive", "fixed")
+    for a, m in AGGREGATIONS
+]
+
+
+@pytest.mark.parametrize("case", TOKEN_CASES, ids=lambda c: "-".join(str(v) for v in c.values()))
+@pytest.mark.parametrize("seed", [0, 1])
+def test_token_grouping_loss_and_gradient_match_reference(case, seed):
+    config = make_actor_config(
+        clip_ratio_low=0.01,
+        clip_ratio_high=0.02,
+        alpha=0.2,
+        grouping="token",
+        loss_agg_mode=case["loss_agg_mode"],
+        ratio=case["ratio"],
+        clip=case["clip"],
+        aggregation=case["aggregation"],
+    )
+    batch = random_batch(B=8, T=11, seed=seed, tie_entropy=seed == 1)
+    loss, grad, metrics = _loss_and_grad(batch, config)  # no entropy_threshold: token groups need none
+    ref_loss, ref_grad = _reference_loss_and_grad(
+        batch, grouping="token", alpha=0.2, vocab_size=100, clip_low=0.01, clip_high=0.02, **case
+    )
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-9, atol=1e-12)
+    assert grad[~batch["response_mask"]].abs().max() == 0
+    assert 0.0 < metrics["actor/pg_clipfrac"] < 1.0  # both branches were taken
+
+
+def test_token_grouping_paper_aggregation_is_seq_mean_token_mean():
+    """Eq. 5 with n_g = 1 and K = L weighs each token 1/L: the actor's seq-mean-token-mean."""
+    batch = random_batch(B=8, T=11, seed=3)
+    paper, paper_grad, _ = _loss_and_grad(batch, make_actor_config(grouping="token"))
+    actor, actor_grad, _ = _loss_and_grad(
+        batch, make_actor_config(grouping="token", aggregation="actor", loss_agg_mode="seq-mean-token-mean")
+    )
+    torch.testing.assert_close(paper, actor, rtol=1e-12, atol=0)
+    torch.testing.assert_close(paper_grad, actor_grad, rtol=1e-12, atol=0)
+    # and every token of a response gets the same weight: on-policy, the gradient is -A_t / L_i
+    batch["log_prob"] = batch["old_log_prob"].clone()
+    _, grad, _ = _loss_and_grad(batch, make_actor_config(grouping="token"))
+    mask = batch["response_mask"]
+    lengths = mask.sum(-1, keepdim=True).clamp(min=1).double()
+    rows = int((mask.sum(-1) > 0).sum())
+    want = torch.where(mask, -batch["advantages"] / lengths / rows, 0.0)
+    torch.testing.assert_close(grad, want, rtol=1e-12, atol=1e-15)
+
+
+def _paper_scale_token_batch(seed: int) -> dict:
+    """alpha 0.02, |V| 151,936: per-token eps between 1e-4 and 4e-3, each token's log-ratio within a few percent of
+    its own bound (both sides), and the edge rows: length 1, empty, zero / negative / all-equal entropies."""
+    g = torch.Generator().manual_seed(seed)
+    B, T = 16, 48
+    batch = random_batch(B=B, T=T, seed=seed, lengths=[T, 1, 0, 17, T, 30, 5, T, 9, T, 2, T, 40, T, 33, 12])
+    # bf16-rounded entropies in [0.06, 2.4] nats (eps 1e-4 .. 4e-3), mostly small as in training
+    entropy = (0.06 + 2.34 * torch.rand(B, T, generator=g, dtype=torch.float64) ** 2).to(torch.bfloat16).double()
+    entropy[4] = 0.0  # zero entropy: eps = 0, every moved token clips
+    entropy[5] = -1e-3  # rounded below zero: eps clamped at 0
+    entropy[7] = 0.75  # all equal
+    batch["old_entropy"] = entropy
+    eps = 0.02 * entropy.clamp(min=0) / math.log(151936)
+    near = 1.0 + (torch.rand(B, T, generator=g, dtype=torch.float64) - 0.5) * 0.1  # 0.95 .. 1.05 of eps
+    sign = torch.where(torch.rand(B, T, generator=g) < 0.5, -1.0, 1.0).double()
+    batch["log_prob"] = batch["old_log_prob"] + torch.log1p(sign * eps * near) + (eps == 0) * 1e-4 * sign
+    return batch
+
+
+@pytest.mark.parametrize(("aggregation", "mode"), AGGREGATIONS)
+@pytest.mark.parametrize("ratio", ["gspo_token", "literal"])
+def test_token_grouping_paper_scale_matches_reference(aggregation, mode, ratio):
+    batch = _paper_scale_token_batch(seed=11)
+    valid_eps = 0.02 * batch["old_entropy"][batch["response_mask"] & (batch["old_entropy"] > 0)] / math.log(151936)
+    assert 1e-4 <= float(valid_eps.min()) < 2e-4 and 3e-3 < float(valid_eps.max()) <= 4.1e-3
+    config = make_actor_config(
+        alpha=0.02, vocab_size=151936, grouping="token", aggregation=aggregation, loss_agg_mode=mode, ratio=ratio
+    )
+    loss, grad, metrics = _loss_and_grad(batch, config)
+    ref_loss, ref_grad = _reference_loss_and_grad(
+        batch,
+        grouping="token",
+        alpha=0.02,
+        vocab_size=151936,
+        aggregation=aggregation,
+        loss_agg_mode=mode,
+        ratio=ratio,
+    )
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-9, atol=1e-15)
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-9, atol=1e-15)
+    if ratio == "gspo_token":  # the token ratios straddle their bounds: about half of the moved-up/down ones clip
+        assert 0.1 < metrics["actor/pg_clipfrac"] < 0.9
+
+
+def test_token_grouping_edge_cases_match_reference():
+    """Length-1 and empty rows, zero / negative / all-equal entropies, +-50 log-ratios (clamped at +10)."""
+    B, T = 8, 12
+    batch = random_batch(B=B, T=T, seed=21, lengths=[1, 0, T, 5, 1, T, 7, 3])
+    entropy = batch["old_entropy"]
+    entropy[2] = 0.0
+    entropy[3] = -0.5
+    entropy[5] = 1.25
+    batch["log_prob"][2, :6] = batch["old_log_prob"][2, :6] + 50.0
+    batch["log_prob"][5, ::2] = batch["old_log_prob"][5, ::2] - 50.0
+    batch["log_prob"][0, 0] = batch["old_log_prob"][0, 0] + 50.0  # a length-1 row beyond the clamp
+    for ratio in ("gspo_token", "literal"):
+        for eps_min in (0.0, 1e-3):
+            config = make_actor_config(alpha=0.5, grouping="token", ratio=ratio, eps_min=eps_min)
+            loss, grad, metrics = _loss_and_grad(batch, config)
+            ref_loss, ref_grad = _reference_loss_and_grad(
+                batch, grouping="token", alpha=0.5, vocab_size=100, ratio=ratio, eps_min=eps_min
+            )
+            assert torch.isfinite(loss) and torch.isfinite(grad).all()
+            torch.testing.assert_close(loss, ref_loss, rtol=1e-9, atol=1e-12)
+            torch.testing.assert_close(grad, ref_grad, rtol=1e-9, atol=1e-12)
+            assert metrics["actor/espo/token/eps_mean"] >= eps_min
+            assert metrics["actor/espo/token/log_ratio_abs_max"] == pytest.approx(50.0)
+            assert grad[~batch["response_mask"]].abs().max() == 0
+    # A micro-batch of empty rows (inside a mini-batch whose global counts veRL passes) adds zero, not NaN.
+    empty = {**batch, "response_mask": torch.zeros_like(batch["response_mask"])}
+    config = make_actor_config(grouping="token")
+    config.global_batch_info.update(dp_size=1, batch_num_tokens=50, global_batch_size=8, loss_scale_factor=None)
+    loss, grad, metrics = _loss_and_grad(empty, config)
+    assert loss.item() == 0.0 and grad.abs().max() == 0
+    assert all(math.isfinite(v) for v in metrics.values())
+
+
+def test_token_grouping_bf16_inputs_are_computed_in_float32():
+    config = make_actor_config(grouping="token")
+    batch = random_batch(B=8, T=16, seed=8, dtype=torch.float32)
+    bf16 = {k: (v.to(torch.bfloat16) if v.is_floating_point() else v) for k, v in batch.items()}
+    as_fp32 = {k: (v.float() if v.is_floating_point() else v) for k, v in bf16.items()}
+    loss_b, grad_b, metrics_b = _loss_and_grad(bf16, config)
+    loss_f, grad_f, metrics_f = _loss_and_grad(as_fp32, config)
+    assert loss_b.dtype == torch.float32 and grad_b.dtype == torch.bfloat16
+    torch.testing.assert_close(loss_b, loss_f)  # same bf16-rounded inputs -> same float32 math
+    torch.testing.assert_close(grad_b.float(), grad_f, rtol=1e-2, atol=1e-3)
+    assert metrics_b == pytest.approx(metrics_f)
+    as_fp64 = {k: (v.double() if v.is_floating_point() else v) for k, v in as_fp32.items()}
+    ref_loss, _ = _reference_loss_and_grad(as_fp64, grouping="token", alpha=0.02, vocab_size=100)
+    torch.testing.assert_close(loss_b.double(), ref_loss, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize(("aggregation", "mode"), AGGREGATIONS)
+def test_token_grouping_with_equal_entropies_is_verl_vanilla(aggregation, mode):
+    """All entropies e: token grouping is veRL's vanilla PPO loss with clip eps = alpha * e / ln|V| (dual clip out of
+    reach). Bit for bit with aggregation=actor; aggregation=paper is seq-mean-token-mean to 1e-12 (summation order)."""
+    alpha, vocab, e = 0.02, 151936, 1.3
+    eps = alpha * e / math.log(vocab)
+    batch = random_batch(B=8, T=24, seed=17, dtype=torch.float64, scale=2 * eps)
+    batch["old_entropy"] = torch.full_like(batch["old_entropy"], e)
+    config = make_actor_config(
+        clip_ratio_low=eps,
+        clip_ratio_high=eps,
+        loss_agg_mode=mode,
+        alpha=alpha,
+        vocab_size=vocab,
+        grouping="token",
+        aggregation=aggregation,
+    )
+    vanilla = get_policy_loss_fn("vanilla")
+    vanilla_mode = "seq-mean-token-mean" if aggregation == "paper" else mode
+    lp1 = batch["log_prob"].clone().requires_grad_(True)
+    lp2 = batch["log_prob"].clone().requires_grad_(True)
+    loss1, m1 = _call({**batch, "log_prob": lp1}, config)
+    loss2, m2 = vanilla(batch["old_log_prob"], lp2, batch["advantages"], batch["response_mask"], vanilla_mode, config)
+    loss1.backward()
+    loss2.backward()
+    if aggregation == "actor":
+        assert torch.equal(loss1, loss2) and torch.equal(lp1.grad, lp2.grad)
+    else:
+        torch.testing.assert_close(loss1, loss2, rtol=1e-12, atol=0)
+        torch.testing.assert_close(lp1.grad, lp2.grad, rtol=1e-12, atol=0)
+    assert 0.2 < m2["actor/pg_clipfrac"] < 0.8 and m2["actor/pg_clipfrac_lower"] == 0.0
+    assert m1["actor/pg_clipfrac"] == pytest.approx(m2["actor/pg_clipfrac"], abs=1e-6)
+    assert m1["actor/ppo_kl"] == pytest.approx(m2["actor/ppo_kl"], rel=1e-5)
+    assert m1["actor/espo/token/eps_mean"] == pytest.approx(eps, rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("aggregation", "mode"), [("paper", "token-mean"), ("actor", "token-mean"), ("actor", "seq-mean-token-mean")]
+)
+def test_token_grouping_split_invariance(aggregation, mode):
+    test_micro_batch_and_data_parallel_splits_do_not_change_the_loss(aggregation, mode, grouping="token")
+
+
+def test_token_grouping_metrics():
+    config = make_actor_config(grouping="token", alpha=0.5, eps_min=1e-3)
+    batch = random_batch(B=8, T=20, seed=14, lengths=[20, 10, 5, 1, 0, 20, 15, 7])
+    batch["old_entropy"][1] = -0.2  # eps floored at eps_min
+    _, _, m = _loss_and_grad(batch, config)
+    mask = batch["response_mask"]
+    n_valid = int(mask.sum())
+    assert not any(k.startswith(("actor/espo/high/", "actor/espo/low/")) for k in m)
+    assert "actor/espo/tie_collapse_frac" not in m and "actor/espo/entropy_threshold" not in m
+    assert "actor/espo/token/token_frac" not in m and "actor/espo/token/group_size_mean" not in m
+    assert m["actor/espo/num_groups_mean"] == pytest.approx(n_valid / 7)  # mean L over the non-empty rows
+    upper = lower = 0
+    eps_sum = ent_sum = abs_sum = abs_max = 0.0
+    for i, t in torch.nonzero(mask).tolist():
+        h = float(batch["old_entropy"][i, t])
+        eps = max(0.5 * h / math.log(100), 1e-3)
+        lr = float(batch["log_prob"][i, t] - batch["old_log_prob"][i, t])
+        s, a = math.exp(min(lr, 10.0)), float(batch["advantages"][i, t])
+        upper += int(a > 0 and s > 1 + eps)
+        lower += int(a < 0 and s < 1 - eps)
+        eps_sum, ent_sum, abs_sum, abs_max = eps_sum + eps, ent_sum + h, abs_sum + abs(lr), max(abs_max, abs(lr))
+    assert upper > 0 and lower > 0
+    assert m["actor/espo/token/clipfrac_upper"] == pytest.approx(upper / n_valid)
+    assert m["actor/espo/token/clipfrac_lower"] == pytest.approx(lower / n_valid)
+    assert m["actor/pg_clipfrac"] == pytest.approx((upper + lower) / n_valid)
+    assert m["actor/espo/grad_utilization"] == pytest.approx(1 - (upper + lower) / n_valid)
+    assert m["actor/espo/token/eps_mean"] == pytest.approx(eps_sum / n_valid)
+    assert m["actor/espo/token/entropy_mean"] == pytest.approx(ent_sum / n_valid)
+    assert m["actor/espo/token/log_ratio_abs_mean"] == pytest.approx(abs_sum / n_valid)
+    assert m["actor/espo/token/log_ratio_abs_max"] == pytest.approx(abs_max)
+    assert m["actor/pg_clipfrac_lower"] == 0.0
+
+
+def test_token_grouping_needs_no_step_threshold():
+    from verl_espo.trainer.sync import step_threshold_ratio
+
+    config = make_actor_config(grouping="token")
+    assert step_threshold_ratio(config.policy_loss) is None  # the trainer computes no threshold for it
+    assert step_threshold_ratio(make_actor_config(grouping="batch").policy_loss) == 0.2
+    loss, _ = _call(random_batch(), config)  # no threshold passed, none in the extras
+    assert torch.isfinite(loss)
+
+
+@pytest.mark.parametrize(
+    ("key", "value"), [("high_entropy_ratio", 0.4), ("high_entropy_ratio", 1.0), ("ties", "position")]
+)
+def test_token_grouping_refuses_keys_it_ignores(key, value):
+    with pytest.raises(ValueError, match=rf"policy_loss\.espo\.{key} has no effect with .*grouping=token"):
+        make_actor_config(grouping="token", **{key: value})
+    make_actor_config(grouping="token", high_entropy_ratio=0.2, ties="join")  # the defaults are accepted

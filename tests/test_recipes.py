@@ -139,7 +139,9 @@ ESPO_ABLATIONS = {
                                     f"{ACTOR}.clip_ratio_high": 4e-4},
     ("algo=espo_fixed_token_clip",): {f"{LOSS}.espo.clip": "fixed", f"{ACTOR}.clip_ratio_low": 0.2,
                                       f"{ACTOR}.clip_ratio_high": 0.28},
-    ("algo=espo_no_grouping",): {f"{LOSS}.espo.high_entropy_ratio": 1.0, f"{LOSS}.espo.clip": "adaptive"},
+    ("algo=espo_no_grouping",): {f"{LOSS}.espo.grouping": "token", f"{LOSS}.espo.clip": "adaptive"},
+    ("algo=espo_one_group",): {f"{LOSS}.espo.high_entropy_ratio": 1.0, f"{LOSS}.espo.grouping": "sequence",
+                               f"{LOSS}.espo.clip": "adaptive"},
     **{(f"{LOSS}.espo.high_entropy_ratio={rho}",): {f"{LOSS}.espo.high_entropy_ratio": rho} for rho in (0.1, 0.4)},
     **{(f"{LOSS}.espo.alpha={alpha}",): {f"{LOSS}.espo.alpha": alpha} for alpha in (0.01, 0.05, 0.10)},
 }  # fmt: skip
@@ -281,7 +283,11 @@ def _set_by(keys: set[str], key: str) -> bool:
 
 TABLES = [
     *[(recipe, "espo", list(ESPO_METHODS)) for recipe in ESPO_BASELINE_SIZES],
-    ("espo/qwen3_30b_a3b_base", "espo", ["espo_fixed_seq_clip", "espo_fixed_token_clip", "espo_no_grouping"]),
+    (
+        "espo/qwen3_30b_a3b_base",
+        "espo",
+        ["espo_fixed_seq_clip", "espo_fixed_token_clip", "espo_no_grouping", "espo_one_group"],
+    ),
     (EGSPO, "egspo", list(EGSPO_METHODS)),
     *[(recipe, "grpo", list(LADDER_METHODS)) for recipe in LADDER],
 ]

@@ -26,6 +26,8 @@ STEP_COLUMNS = (
     ("hi_clip-", "actor/espo/high/clipfrac_lower"),
     ("lo_clip+", "actor/espo/low/clipfrac_upper"),
     ("lo_clip-", "actor/espo/low/clipfrac_lower"),
+    ("tok_clip+", "actor/espo/token/clipfrac_upper"),
+    ("tok_clip-", "actor/espo/token/clipfrac_lower"),
     ("gate_hi", "actor/egspo/high_token_frac"),
     ("phi_lo", "actor/egspo/phi_mean_low"),
     ("mu", "actor/hybrid/mu"),

@@ -38,7 +38,7 @@ EGSPO_KEY_PREFIX = "actor_rollout_ref.actor.policy_loss.egspo"
 HYBRID_KEY_PREFIX = "actor_rollout_ref.actor.policy_loss.hybrid"
 
 _CHOICES: dict[str, tuple[str, ...]] = {
-    "grouping": ("sequence", "batch"),
+    "grouping": ("sequence", "batch", "token"),
     "ratio": ("gspo_token", "literal"),
     "clip": ("adaptive", "fixed"),
     "aggregation": ("paper", "actor"),
@@ -66,9 +66,13 @@ class ESPOConfig(BaseConfig):
     """ESPO hyperparameters (``policy_loss.espo.*``); equation numbers refer to arXiv 2512.00499.
 
     Args:
-        grouping: How tokens are split into the high/low entropy groups (Eq. 7). ``sequence``: per
-            response, the top ``ceil(rho * L)`` entropies and every token tied with the last of them.
-            ``batch``: one threshold for the whole training step, computed by the ``espo_sync`` trainer.
+        grouping: How tokens are split into groups (Eq. 7). ``sequence``: per response, a high group of the
+            top ``ceil(rho * L)`` entropies and every token tied with the last of them, and a low group of the
+            rest. ``batch``: the same with one threshold for the whole training step, computed by the
+            plugin's trainer. ``token``: every valid token is its own group (its own ratio and
+            ``eps_t = alpha * H_t / ln|V|``), the token-level reading of the paper's "w/o entropy grouping"
+            ablation (Sec. 4.4, Table 2); ``high_entropy_ratio`` and ``ties`` do not apply and must keep
+            their defaults.
         high_entropy_ratio: ``rho`` in (0, 1], the share of tokens in the high group (paper: ~0.2).
             ``1`` makes each response a single group (GSPO's sequence ratio).
         ratio: Eq. 9 reading. ``gspo_token``: the token's ratio has the group's geometric-mean value and
@@ -78,7 +82,8 @@ class ESPOConfig(BaseConfig):
         alpha: Eq. 8 scale, > 0 (paper: 0.02).
         vocab_size: ``|V|`` of Eq. 8. ``None``: the actor model's ``config.vocab_size`` (logits size).
         aggregation: ``paper``: Eq. 5, each non-empty group weighs 1/K in its response, rows combined like
-            veRL's ``seq-mean-token-sum``. ``actor``: the actor's ``loss_agg_mode`` on the token losses.
+            veRL's ``seq-mean-token-sum`` (with ``grouping=token`` every token weighs ``1/L``: a
+            seq-mean-token-mean). ``actor``: the actor's ``loss_agg_mode`` on the token losses.
         ties: ``grouping=sequence`` only. ``join``: tokens tied with the k-th largest entropy all join the high
             group (Eq. 7's entropy range; a row of equal entropies is one group). ``position``: the earliest tied
             tokens join until the high group has exactly ``k`` tokens.
@@ -102,12 +107,26 @@ class ESPOConfig(BaseConfig):
         if not _is_number(self.eps_min) or not 0.0 <= float(self.eps_min) < 1.0:
             raise ValueError(f"{ESPO_KEY_PREFIX}.eps_min must be in [0, 1), got {self.eps_min!r}")
         _check_ratio(ESPO_KEY_PREFIX, "high_entropy_ratio", self.high_entropy_ratio)
+        if self.grouping == "token":
+            # A key that would silently do nothing is refused, so that a sweep over it cannot run unnoticed.
+            for key in ("high_entropy_ratio", "ties"):
+                default = _ESPO_DEFAULTS[key]
+                if getattr(self, key) != default:
+                    raise ValueError(
+                        f"{ESPO_KEY_PREFIX}.{key} has no effect with {ESPO_KEY_PREFIX}.grouping=token (every token is "
+                        f"its own group); leave it at its default {default!r} (got {getattr(self, key)!r}), or use "
+                        "grouping=sequence or grouping=batch"
+                    )
         alpha = self.alpha
         if not _is_number(alpha) or not float(alpha) > 0.0:
             raise ValueError(f"{ESPO_KEY_PREFIX}.alpha must be > 0, got {alpha!r}")
         vocab = self.vocab_size
         if vocab is not None and (isinstance(vocab, bool) or not isinstance(vocab, int) or vocab < 2):
             raise ValueError(f"{ESPO_KEY_PREFIX}.vocab_size must be null or an integer >= 2, got {vocab!r}")
+
+
+#: ESPOConfig's defaults, for the keys that ``grouping=token`` ignores.
+_ESPO_DEFAULTS = {f.name: f.default for f in dataclasses.fields(ESPOConfig)}
 
 
 @dataclass

@@ -25,8 +25,7 @@ from verl_espo.config.loss import EGSPO_KEY_PREFIX, HYBRID_KEY_PREFIX, EGSPOConf
 from verl_espo.core.chord import hybrid_counts, sft_token_losses
 from verl_espo.core.egspo import egspo_metrics, egspo_token_terms
 from verl_espo.core.entropy import sequence_high_entropy_mask, threshold_high_entropy_mask
-from verl_espo.loss_inputs import MissingLossInputError, missing_old_entropy_message
-from verl_espo.loss_inputs import current_extras
+from verl_espo.loss_inputs import MissingLossInputError, current_extras, missing_old_entropy_message
 
 __all__ = ["compute_policy_loss_egspo", "compute_policy_loss_chord", "HYBRID_COUNT_KEYS"]
 

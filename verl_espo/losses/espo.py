@@ -1,9 +1,9 @@
 """The ``espo`` policy loss registered in veRL's policy-loss registry (arXiv 2512.00499).
 
-This module is veRL plumbing only: it reads ``config.policy_loss.espo``, picks the high-entropy group,
-calls the tensor math in :mod:`verl_espo.core.espo` and aggregates with veRL's ``agg_loss`` and
-``global_batch_info`` (so the loss does not change when a mini-batch is split into micro-batches or
-across data-parallel ranks).
+This module is veRL plumbing only: it reads ``config.policy_loss.espo``, picks the grouping (the high-entropy
+group of ``sequence``/``batch``, or one group per token for ``token``), calls the tensor math in
+:mod:`verl_espo.core.espo` and aggregates with veRL's ``agg_loss`` and ``global_batch_info`` (so the loss does
+not change when a mini-batch is split into micro-batches or across data-parallel ranks).
 """
 
 from __future__ import annotations
@@ -16,9 +16,8 @@ from verl.workers.config import ActorConfig
 
 from verl_espo.config.loss import ESPO_KEY_PREFIX, ESPOConfig
 from verl_espo.core.entropy import high_entropy_count, sequence_high_entropy_mask, threshold_high_entropy_mask
-from verl_espo.core.espo import espo_metrics, espo_token_terms
-from verl_espo.loss_inputs import MissingLossInputError, missing_old_entropy_message
-from verl_espo.loss_inputs import current_extras
+from verl_espo.core.espo import espo_metrics, espo_token_grouping_terms, espo_token_terms
+from verl_espo.loss_inputs import MissingLossInputError, current_extras, missing_old_entropy_message
 
 __all__ = ["compute_policy_loss_espo", "MissingOldEntropyError", "resolve_vocab_size"]
 
@@ -93,11 +92,12 @@ def compute_policy_loss_espo(
         old_entropy: ``(B, T)`` old-policy entropy. When omitted, taken from the plugin's actor loss
             (:mod:`verl_espo.loss_inputs`); an error if neither provides it.
         entropy_threshold: the step-level threshold for ``espo.grouping=batch`` (from the trainer when
-            omitted).
+            omitted); unused by the other groupings.
 
     Returns:
-        ``(loss, metrics)``: the scalar loss and ``actor/espo/*``, ``actor/pg_clipfrac``, ``actor/ppo_kl``,
-        ``actor/pg_clipfrac_lower`` (always 0: ESPO has no dual clip).
+        ``(loss, metrics)``: the scalar loss and ``actor/espo/*`` (``high/*``, ``low/*`` for the two-group
+        groupings, ``token/*`` for ``grouping=token``; see :func:`~verl_espo.core.espo.espo_metrics`),
+        ``actor/pg_clipfrac``, ``actor/ppo_kl``, ``actor/pg_clipfrac_lower`` (always 0: ESPO has no dual clip).
     """
     params = _espo_params(config)
     extras = current_extras()
@@ -109,27 +109,7 @@ def compute_policy_loss_espo(
         raise ValueError(f"old_entropy has shape {tuple(old_entropy.shape)}, expected {tuple(log_prob.shape)}")
 
     metrics: dict[str, Any] = {}
-    if params.grouping == "sequence":
-        high = sequence_high_entropy_mask(old_entropy, response_mask, params.high_entropy_ratio, ties=params.ties)
-    else:
-        if entropy_threshold is None:
-            entropy_threshold = extras.get("entropy_threshold")
-        if entropy_threshold is None:
-            raise MissingLossInputError(
-                f"{ESPO_KEY_PREFIX}.grouping=batch needs the step-level entropy threshold that the plugin's trainer "
-                "computes once per step (`trainer.v1.trainer_mode=plugin_sync`, or its older name espo_sync); none "
-                "reached the loss. When calling the loss directly, pass `entropy_threshold=`."
-            )
-        high = threshold_high_entropy_mask(old_entropy, response_mask, float(entropy_threshold))
-        metrics["actor/espo/entropy_threshold"] = float(entropy_threshold)
-
-    terms = espo_token_terms(
-        log_prob,
-        old_log_prob,
-        advantages,
-        response_mask,
-        old_entropy,
-        high,
+    options = dict(
         ratio=params.ratio,
         clip=params.clip,
         alpha=params.alpha,
@@ -139,11 +119,29 @@ def compute_policy_loss_espo(
         clip_ratio_high=config.clip_ratio_high if config.clip_ratio_high is not None else config.clip_ratio,
         rollout_is_weights=rollout_is_weights,
     )
+    if params.grouping == "token":  # every token its own group: needs neither rho nor a step threshold
+        terms = espo_token_grouping_terms(log_prob, old_log_prob, advantages, response_mask, old_entropy, **options)
+    else:
+        if params.grouping == "sequence":
+            high = sequence_high_entropy_mask(old_entropy, response_mask, params.high_entropy_ratio, ties=params.ties)
+        else:
+            if entropy_threshold is None:
+                entropy_threshold = extras.get("entropy_threshold")
+            if entropy_threshold is None:
+                raise MissingLossInputError(
+                    f"{ESPO_KEY_PREFIX}.grouping=batch needs the step-level entropy threshold that the plugin's "
+                    "trainer computes once per step (`trainer.v1.trainer_mode=plugin_sync`, or its older name "
+                    "espo_sync); none reached the loss. When calling the loss directly, pass `entropy_threshold=`."
+                )
+            high = threshold_high_entropy_mask(old_entropy, response_mask, float(entropy_threshold))
+            metrics["actor/espo/entropy_threshold"] = float(entropy_threshold)
+        terms = espo_token_terms(log_prob, old_log_prob, advantages, response_mask, old_entropy, high, **options)
 
     mask = response_mask.bool()
     if params.aggregation == "paper":
         # Eq. 5: each response's value sum_g (1/K)(1/n_g) sum_t l_t, combined across responses exactly as
-        # veRL's seq-mean-token-sum combines row sums (global batch size, dp size).
+        # veRL's seq-mean-token-sum combines row sums (global batch size, dp size). grouping=token: (1/L) sum_t l_t,
+        # i.e. veRL's seq-mean-token-mean of l_t.
         loss = agg_loss(
             loss_mat=terms.row_losses.unsqueeze(-1),
             loss_mask=terms.row_valid.unsqueeze(-1),

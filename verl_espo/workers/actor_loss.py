@@ -29,8 +29,7 @@ from verl.utils.metric import AggregationType, Metric
 from verl.workers.config import ActorConfig
 from verl.workers.utils import losses as verl_losses
 
-from verl_espo.loss_inputs import PLUGIN_LOSS_MODES
-from verl_espo.loss_inputs import policy_loss_extras
+from verl_espo.loss_inputs import PLUGIN_LOSS_MODES, policy_loss_extras
 
 __all__ = [
     "entropy_aware_ppo_loss",
