@@ -1,11 +1,11 @@
 """Plugin registration through the ``verl.plugins`` entry point, checked in fresh interpreters.
 
 veRL swallows entry-point import errors (it logs them at DEBUG), so a broken plugin would only show up as
-"Unsupported loss mode: espo" deep inside a run. The plugin checks the veRL version first, then registers its
-four pieces (platform, losses, rollout, trainer) one by one: a piece that a veRL change breaks logs an ERROR
-naming the piece and the veRL version, and the others still register. The subprocess scenarios import
-``verl`` and nothing else, or break veRL internals and then load the entry point exactly as veRL does; they
-run concurrently.
+"Unsupported loss mode: espo" deep inside a run. The plugin checks the veRL version first, then registers
+its five pieces (platform, losses, rollout, checkpoint engine, trainer) one by one: a piece that a veRL
+change breaks logs an ERROR naming the piece and the veRL version, and the others still register. The
+subprocess scenarios import ``verl`` and nothing else, or break veRL internals and then load the entry point
+exactly as veRL does; they run concurrently.
 """
 
 from __future__ import annotations
@@ -86,6 +86,8 @@ SCENARIOS: dict[str, tuple[str, dict[str, str]]] = {
         {"VERL_USE_EXTERNAL_PLUGINS": "none", "VERL_PLATFORM": "cpu"},
     ),
     "unsupported_version": (UNSUPPORTED_VERSION + PROBE, {}),
+    # A user script that imports the plugin's config classes before anything of veRL's.
+    "config_first": ("from verl_espo.config import ESPOConfig\n" + PROBE, {}),
 }
 
 
@@ -167,6 +169,15 @@ def test_broken_rollout_registry_and_loss_registry_leave_the_platform_and_traine
     for piece, missing in (("losses", "register_policy_loss"), ("rollout", "_ROLLOUT_REGISTRY")):
         (line,) = [e for e in errors if f"the '{piece}' piece" in e]
         assert f"veRL {VERL_VERSION}" in line and f"cannot import name '{missing}'" in line, line
+
+
+def test_importing_the_config_classes_first_registers_every_piece(scenario):
+    """`verl_espo.config` imports veRL, which loads the plugin, whose losses import `verl_espo.config.loss`:
+    without veRL imported first that import found the module half-initialised and two pieces failed."""
+    proc = scenario("config_first")
+    found = registered(proc)
+    assert found["failed"] == [] and not error_lines(proc.stderr), proc.stderr[-3000:]
+    assert "espo" in found["losses"] and "espo_sync" in found["trainer"]
 
 
 def test_disabling_plugins_leaves_verl_stock(scenario):
@@ -254,5 +265,5 @@ def test_the_plugin_registers_the_platform_first():
         if isinstance(node, ast.AnnAssign) and getattr(node.target, "id", None) == "PIECES"
     ]
     names = [piece for piece, _ in pieces]
-    assert names[0] == "platform" and sorted(names) == ["losses", "platform", "rollout", "trainer"]
+    assert names[0] == "platform" and sorted(names) == ["checkpoint_engine", "losses", "platform", "rollout", "trainer"]
     assert all(module == f"verl_espo.{piece}" for piece, module in pieces)

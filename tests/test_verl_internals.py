@@ -371,6 +371,105 @@ def test_16_verl_loads_plugins_from_the_entry_point_group():
     assert targets.get("verl_espo") == "verl_espo._plugin", f"the package's entry point is {targets}"
 
 
+# ----------------------------------------------------------------------------- separate_async on CPU
+def test_17_checkpoint_engine_protocol_the_gloo_engine_follows():
+    from verl.checkpoint_engine import base
+    from verl.workers import engine_workers
+
+    from verl_espo.checkpoint_engine import GlooCheckpointEngine
+
+    for name in ("prepare", "build_topology", "init_process_group", "finalize", "send_weights", "receive_weights"):
+        assert name in base.CheckpointEngine.__abstractmethods__, row(17, f"CheckpointEngine.{name} is not abstract")
+    assert not GlooCheckpointEngine.__abstractmethods__, row(17, "the ABC gained methods the gloo engine lacks")
+    assert params(base.CheckpointEngine.build_topology) == ["actor_wg_world_size", "rollout_world_size", "metadata"]
+    assert params(base.CheckpointEngine.send_weights)[:2] == ["weights", "global_steps"], row(17, "send_weights")
+    assert params(base.CheckpointEngine.receive_weights)[:1] == ["global_steps"], row(17, "receive_weights")
+    # who gets is_master, and what else the constructors receive
+    is_master = r"CheckpointEngineRegistry\.new\(\s*backend, is_master=\(torch\.distributed\.get_rank\(\) == 0\)"
+    assert re.search(is_master, source(engine_workers.ActorRolloutRefWorker.init_model)), row(
+        17, "the actor workers no longer build the engine with is_master=(rank == 0)"
+    )
+    receiver = r"CheckpointEngineRegistry\.new\(\s*backend, bucket_size=bucket_size, \*\*engine_kwargs\s*\)"
+    assert re.search(receiver, source(base.CheckpointEngineWorker.__init__)), row(
+        17, "the rollout-side CheckpointEngineWorker builds the engine differently"
+    )
+    from verl.workers.rollout.replica import RolloutReplica
+
+    assert "replica_rank=self.replica_rank" in source(RolloutReplica.get_ray_class_with_init_args), row(
+        17, "standalone rollout workers no longer get their replica_rank (the hf adapter finds its server by it)"
+    )
+    # the manager's order: prepare, build_topology (class), init_process_group(**lists), send/receive, finalize
+    build = source(base.CheckpointEngineManager.build_process_group)
+    order = [build.index(s) for s in ('["prepare"]', "self.backend_cls.build_topology(", '["init_process_group"]')]
+    assert order == sorted(order), row(17, "build_process_group's call order changed")
+    update = source(base.CheckpointEngineManager.update_weights)
+    order = [update.index(s) for s in ("self.build_process_group(rollout)", "rollout.update_weights(", '["finalize"]')]
+    assert order == sorted(order), row(17, "update_weights' call order changed")
+    assert "sync_metrics.update(result)" in update, row(17, "the senders' returned metrics are no longer merged")
+    worker_update = source(base.CheckpointEngineWorker.update_weights)
+    assert "self.checkpoint_engine.receive_weights(global_steps=global_steps)" in worker_update, row(17, "receive")
+    assert "wire_format=" in worker_update, row(17, "the adapter no longer gets wire_format")
+    send = source(engine_workers.ActorRolloutRefWorker.update_weights)
+    assert "self.checkpoint_engine.send_weights(per_tensor_param, global_steps=global_steps)" in send, row(17, "send")
+
+
+def test_18_separate_async_saves_pi_old_through_detach_actor_worker():
+    from verl.experimental.separation.engine_workers import DetachActorWorker
+    from verl.trainer.ppo.v1.trainer_separate_async import PPOTrainerSeparateAsync
+    from verl.utils import fsdp_utils
+
+    swap = source(PPOTrainerSeparateAsync._init_resource_pool_mgr)
+    assert "ray.remote(DetachActorWorker)" in swap and "self.role_worker_mapping[" in swap, row(
+        18, "the separate-async trainer no longer maps its actor roles to DetachActorWorker"
+    )
+    for role in ("Role.Actor", "Role.RefPolicy", "Role.ActorRolloutRef", "Role.ActorRollout"):
+        assert role in swap, row(18, f"{role} is no longer swapped")
+    save = source(DetachActorWorker.save_model_to_cpu)
+    assert "self.cpu_saved_models[n] = " in save, row(18, "save_model_to_cpu no longer fills cpu_saved_models[n]")
+    assert "self.actor.engine.module" in save, row(18, "save_model_to_cpu no longer saves actor.engine.module")
+    assert ".detach().cpu()" in source(fsdp_utils.fsdp2_sharded_save_to_cpu), row(
+        18, "fsdp2_sharded_save_to_cpu changed (if it now copies, SnapshotDetachActorWorker can go)"
+    )
+    old_log_prob = source(PPOTrainerSeparateAsync._compute_old_log_prob)
+    assert "save_model_to_cpu(0)" in old_log_prob and "restore_model_from_cpu(0)" in old_log_prob, row(18, "pi_old")
+
+
+def test_18_snapshot_copies_only_what_aliases_live_weights():
+    import torch
+
+    from verl_espo.workers.snapshot_worker import detach_from
+
+    live, other = torch.ones(3), torch.zeros(2)
+    saved = ({"w": (live.detach().cpu(), None), "b": (other, None)}, "spec")
+    copied = detach_from(saved, {live.untyped_storage().data_ptr()})
+    live.add_(1)  # an optimiser step
+    assert torch.equal(copied[0]["w"][0], torch.ones(3)) and copied[0]["b"][0] is other and copied[1] == "spec"
+
+
+def test_19_update_counters_of_the_v1_trainer():
+    from verl.trainer.ppo.v1.trainer_base import PPOTrainer
+
+    init, step = source(PPOTrainer.__init__), source(PPOTrainer.step)
+    assert "self.parameter_sync_step = " in init and "self.local_trigger_step = 0" in init, row(19, "the counters")
+    assert "self.local_trigger_step = trigger_idx" in step and "range(self.parameter_sync_step)" in step, row(
+        19, "step() no longer sets local_trigger_step per update"
+    )
+
+
+def test_20_separate_async_setup_logs_through_its_module_logger():
+    import logging
+
+    from verl.trainer.ppo.v1 import trainer_separate_async as module
+
+    assert module.logger is logging.getLogger(module.__name__), row(20, "the module logger is no longer the named one")
+    setup = source(module.PPOTrainerSeparateAsync._setup)
+    assert "logger.info(" in setup, row(20, "_setup no longer logs through logger.info")
+    if "flush=True" not in setup:
+        pytest.fail(
+            row(20, "veRL fixed logger.info(..., flush=True): remove the workaround in PluginTrainerSeparateAsync")
+        )
+
+
 # ----------------------------------------------------------------------------- public hooks
 PUBLIC = [
     ("verl.trainer.ppo.core_algos", "register_policy_loss", ["name"]),

@@ -17,6 +17,7 @@ PIECES: tuple[tuple[str, str], ...] = (
     ("platform", "verl_espo.platform"),  # the `cpu` platform (active with VERL_PLATFORM=cpu)
     ("losses", "verl_espo.losses"),  # policy losses: espo, ...
     ("rollout", "verl_espo.rollout"),  # rollout backends: hf
+    ("checkpoint_engine", "verl_espo.checkpoint_engine"),  # weight-sync backends: gloo (separate_async on CPU)
     ("trainer", "verl_espo.trainer"),  # V1 trainers: espo_sync, ...
 )
 

@@ -13,8 +13,10 @@ sampling parameters (:mod:`verl_espo.rollout.hf_generate`). Weights arrive from 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -23,7 +25,7 @@ import torch
 
 from verl_espo.rollout.hf_generate import SamplingSpec, generate_batch
 
-__all__ = ["HFRolloutServer", "server_actor_name"]
+__all__ = ["HFRolloutServer", "server_actor_name", "weights_digest"]
 
 logger = logging.getLogger(__name__)
 logger.setLevel(os.getenv("VERL_LOGGING_LEVEL", "INFO"))
@@ -35,6 +37,18 @@ BATCH_WINDOW_S = 0.02
 def server_actor_name(replica_rank: int, node_rank: int, suffix: str = "") -> str:
     """Ray actor name of a server; the adapter in the trainer workers finds its server by this name."""
     return f"hf_server_{replica_rank}_{node_rank}{suffix}"
+
+
+def weights_digest(state: Mapping[str, torch.Tensor]) -> str:
+    """SHA-256 over a state dict's names, dtypes, shapes and bytes (in name order): equal digests mean
+    bit-identical weights. The rollout server logs it after each sync with ``engine_kwargs.hf.log_weight_digest``;
+    apply it to ``model.state_dict()`` of a saved checkpoint to compare."""
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().to("cpu").contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 @dataclass
@@ -85,6 +99,8 @@ class HFRolloutServer:
         self._accepting = asyncio.Event()
         self._accepting.set()
         self._updated: set[int] = set()
+        hf_options = dict((self.config.engine_kwargs or {}).get("hf", None) or {})
+        self.log_weight_digest = bool(hf_options.get("log_weight_digest", False))
 
     # ------------------------------------------------------------------ lifecycle
     async def launch_server(self) -> str:
@@ -223,6 +239,10 @@ class HFRolloutServer:
         if missing:
             logger.warning("hf rollout: weight update did not cover %d tensors, e.g. %s", len(missing), missing[:3])
         self.global_steps = global_steps
+        if self.log_weight_digest:
+            async with self._lock:
+                digest = await asyncio.to_thread(weights_digest, self.model.state_dict())
+            logger.info("hf rollout: replica %d weights at step %s: sha256 %s", self.replica_rank, global_steps, digest)
 
     async def set_global_steps(self, global_steps: int) -> None:
         self.global_steps = global_steps

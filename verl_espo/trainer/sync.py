@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 from collections.abc import Iterator
 from typing import Any, Optional
 
@@ -306,8 +307,58 @@ class PluginTrainerColocateAsync(PluginTrainerMixin, PPOTrainerColocateAsync):
     base_trainer_mode = "colocate_async"
 
 
+#: One INFO line per actor update of the separate-async trainer (veRL's convention: level from VERL_LOGGING_LEVEL).
+update_logger = logging.getLogger(__name__ + ".updates")
+update_logger.setLevel(os.getenv("VERL_LOGGING_LEVEL", "INFO"))
+
+
 @register_trainer("plugin_separate_async")
 class PluginTrainerSeparateAsync(PluginTrainerMixin, PPOTrainerSeparateAsync):
-    """veRL's ``separate_async`` trainer (rollout and training on separate resources) with the plugin's additions."""
+    """veRL's ``separate_async`` trainer (rollout and training on separate resources) with the plugin's additions.
+
+    A step here is ``trainer.v1.separate_async.parameter_sync_step`` actor updates, each on its own batch sampled
+    from the replay buffer (``ppo_mini_batch_size`` prompts) and scored under ``pi_old``, the weights of the last
+    sync; the weights go to the standalone rollout replicas once, at the end of the step. The step-level
+    statistics (the entropy threshold, ...) are computed once per update, over that update's batch: the batch
+    the update optimises, as in the sync trainer (later batches are not sampled yet). Each update logs one line
+    ``verl_espo: step S update K/P: ...``. The actor workers keep a real copy of ``pi_old`` on CPU as well
+    (:class:`~verl_espo.workers.snapshot_worker.SnapshotDetachActorWorker`). On CPU, weights travel through the
+    plugin's ``gloo`` checkpoint engine (:mod:`verl_espo.checkpoint_engine`).
+    """
 
     base_trainer_mode = "separate_async"
+
+    def _init_resource_pool_mgr(self):
+        super()._init_resource_pool_mgr()
+        import ray
+        from verl.trainer.ppo.utils import Role
+
+        from verl_espo.workers.snapshot_worker import SnapshotDetachActorWorker
+
+        # veRL swaps these roles to DetachActorWorker (trainer_separate_async.py:114-126); same roles, our subclass.
+        for role in (Role.Actor, Role.RefPolicy, Role.ActorRolloutRef, Role.ActorRollout):
+            if role in self.role_worker_mapping:
+                self.role_worker_mapping[role] = ray.remote(SnapshotDetachActorWorker)
+
+    def _setup(self):
+        if self._enable_hybrid_replicas:
+            return super()._setup()
+        # veRL 0.9.1 logs `logger.info(..., flush=True)` when hybrid replicas are off (trainer_separate_async.py:181),
+        # a TypeError in `logging`. Above INFO, `logger.info` returns before it reaches that keyword.
+        verl_logger = logging.getLogger(PPOTrainerSeparateAsync.__module__)
+        level = verl_logger.level
+        verl_logger.setLevel(max(level, logging.WARNING))
+        try:
+            return super()._setup()
+        finally:
+            verl_logger.setLevel(level)
+
+    def _update_actor(self, batch: KVBatchMeta, metrics: dict):
+        result = super()._update_actor(batch, metrics)
+        threshold = batch.extra_info.get(ENTROPY_THRESHOLD_KEY)
+        update_logger.info(
+            "verl_espo: step %d update %d/%d: %d rows, entropy threshold %s",
+            self.global_steps, self.local_trigger_step + 1, self.parameter_sync_step, len(batch),
+            "none" if threshold is None else f"{float(threshold):.6g}",
+        )  # fmt: skip
+        return result
