@@ -146,7 +146,9 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    import verl  # noqa: F401  (registers the plugin's losses)
+    import verl  # noqa: F401  (registers the plugin's losses through its entry point)
+
+    import verl_espo.losses  # noqa: F401  (the same, where entry points are off: VERL_USE_EXTERNAL_PLUGINS=none)
 
     device = torch.device(args.device)
     batch = make_batch(args.rows, args.tokens, device, getattr(torch, args.dtype))

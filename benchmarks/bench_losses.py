@@ -7,6 +7,7 @@ veRL's ``gspo`` and ``vanilla``, and the memory the loss keeps for backward (in 
 
     python benchmarks/bench_losses.py                       # 256 x 8192
     python benchmarks/bench_losses.py --rows 64 --tokens 2048 --repeats 5
+    python benchmarks/bench_losses.py --grouping token      # ESPO's token grouping ("w/o entropy grouping")
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch
 from loss_timing import cuda_peak_extra, device_label, make_batch, round_robin
 
 
-def actor_config(loss_mode: str, loss_agg_mode: str, vocab_size: int):
+def actor_config(loss_mode: str, loss_agg_mode: str, vocab_size: int, grouping: str = "sequence"):
     from verl.workers.config import FSDPActorConfig
 
     from verl_espo.config import ESPOConfig, ESPOPolicyLossConfig
@@ -30,7 +31,9 @@ def actor_config(loss_mode: str, loss_agg_mode: str, vocab_size: int):
         loss_agg_mode=loss_agg_mode,
         clip_ratio_low=3e-4 if loss_mode == "gspo" else 0.2,
         clip_ratio_high=4e-4 if loss_mode == "gspo" else 0.28,
-        policy_loss=ESPOPolicyLossConfig(loss_mode=loss_mode, espo=ESPOConfig(vocab_size=vocab_size)),
+        policy_loss=ESPOPolicyLossConfig(
+            loss_mode=loss_mode, espo=ESPOConfig(vocab_size=vocab_size, grouping=grouping)
+        ),
     )
 
 
@@ -60,11 +63,16 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument(
+        "--grouping", choices=["sequence", "token"], default="sequence", help="espo.grouping of the ESPO loss timed"
+    )
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args()
 
-    import verl  # noqa: F401  (registers the plugin's losses)
+    import verl  # noqa: F401  (registers the plugin's losses through its entry point)
     from verl.trainer.ppo.core_algos import get_policy_loss_fn
+
+    import verl_espo.losses  # noqa: F401  (the same, where entry points are off: VERL_USE_EXTERNAL_PLUGINS=none)
 
     device = torch.device(args.device)
     batch = make_batch(args.rows, args.tokens, device, getattr(torch, args.dtype))
@@ -72,7 +80,7 @@ def main() -> None:
     cases = {
         "vanilla": (actor_config("vanilla", "token-mean", 151936), {}),
         "gspo": (actor_config("gspo", "seq-mean-token-mean", 151936), {}),
-        "espo": (actor_config("espo", "token-mean", 151936), {"old_entropy": batch["old_entropy"]}),
+        "espo": (actor_config("espo", "token-mean", 151936, args.grouping), {"old_entropy": batch["old_entropy"]}),
     }
     fns = {name: get_policy_loss_fn(name) for name in cases}
     loss_cases = {name: registered_case(fns[name], batch, config, extra) for name, (config, extra) in cases.items()}
@@ -91,11 +99,15 @@ def main() -> None:
         "device": device_label(device),
         "shape": [args.rows, args.tokens],
         "dtype": args.dtype,
+        "espo_grouping": args.grouping,
         "results": results,
         "espo_over_gspo": espo / results["gspo"]["median_ms"],
         "espo_over_vanilla": espo / results["vanilla"]["median_ms"],
     }
-    print(f"device {summary['device']}, batch {args.rows} x {args.tokens}, {args.dtype}, forward+backward:")
+    print(
+        f"device {summary['device']}, batch {args.rows} x {args.tokens}, {args.dtype}, "
+        f"espo.grouping={args.grouping}, forward+backward:"
+    )
     for name, r in results.items():
         extra = f", CUDA peak +{r['cuda_peak_extra_BT']:.1f} (B,T)" if "cuda_peak_extra_BT" in r else ""
         print(

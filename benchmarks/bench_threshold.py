@@ -136,6 +136,7 @@ def main() -> None:
     parser.add_argument("--step-seconds", type=float, default=60.0, help="assumed training step time")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--json", help="also write the results (and the device) to this file")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -180,7 +181,13 @@ def main() -> None:
         share = median / 1e3 / args.step_seconds
         print(f"| {name} | {best:.0f} | {median:.0f} | {mem} | {ratio} | {share:.2%} |")
         summary[name] = {"best_ms": best, "median_ms": median, "peak_extra_mb": memory[name]}
-    print(json.dumps({"n_valid": n_valid, "k": k, "dtype": args.dtype, "layout": args.layout, **summary}))
+    result = {"n_valid": n_valid, "k": k, "dtype": args.dtype, "layout": args.layout, **summary}
+    print(json.dumps(result))
+    if args.json:
+        device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+        extra = {"device": device_name, "shape": [args.rows, args.tokens], "threshold": reference}
+        with open(args.json, "w") as f:
+            json.dump(extra | result, f, indent=1)
 
 
 if __name__ == "__main__":
