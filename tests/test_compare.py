@@ -39,7 +39,10 @@ class FakeRunner:
                 data["val-core/toy/acc/mean@1"] = ACCURACY[algo]
             lines.append({"step": step, "data": data})
         (out / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
-        config = {"actor_rollout_ref": {"actor": {"policy_loss": {"loss_mode": algo}}}, "data": {"seed": 0}}
+        config = {
+            "actor_rollout_ref": {"actor": {"policy_loss": {"loss_mode": algo}}},
+            "data": {"seed": 0, "train_files": str(out / "data" / "train.parquet")},  # each run's own copy
+        }
         (out / "hydra" / ".hydra").mkdir(parents=True, exist_ok=True)
         (out / "hydra" / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
         summary = {"algo": algo, "steps_completed": done, "wall_s": 60.0, "trainer_wall_s": 50.0}
@@ -63,6 +66,8 @@ def test_runs_every_algorithm_from_one_model_and_reports_them(tmp_path):
     for algo, accuracy in ACCURACY.items():
         assert results[LABELS[algo]]["val-core/toy/acc/mean@1"]["value"] == accuracy
     assert "**75.0**" in report  # ESPO's accuracy is the best, and bold
+    assert "`actor_rollout_ref.actor.policy_loss.loss_mode` | espo | gspo | grpo | egspo |" in report
+    assert "| `data.train_files`" not in report  # each run's own copy of the same data: not a difference
     assert (tmp_path / "report" / "train_reward.png").stat().st_size > 5_000
 
 

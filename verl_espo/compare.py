@@ -34,6 +34,16 @@ DEFAULT_ALGOS: tuple[str, ...] = ("espo", "gspo", "grpo", "egspo")
 #: The name of each algorithm in the report's table and legends.
 LABELS: dict[str, str] = {"espo": "ESPO", "gspo": "GSPO", "grpo": "GRPO", "egspo": "EGSPO", "chord": "CHORD-phi"}
 
+#: Config keys left out of the report's "settings that differ": each run's own copy of the same generated data
+#: and its experiment name, which say nothing about the algorithm.
+IGNORED_SETTINGS: tuple[str, ...] = (
+    "data.train_files",
+    "data.val_files",
+    "data.expert.files",
+    "trainer.experiment_name",
+    "*.trace.experiment_name",
+)
+
 Runner = Callable[..., SmokeResult]
 
 
@@ -117,6 +127,7 @@ def compare(
     args = [_shown(run_dir(out, a)) for a in reported] + ["--out", str(report)]
     args += [x for a in reported for x in ("--label", LABELS.get(a, a))]
     args += ["--title", f"{', '.join(LABELS.get(a, a) for a in reported)} on the bundled default ({length})"]
+    args += [x for pattern in IGNORED_SETTINGS for x in ("--ignore-setting", pattern)]
     args += list(report_args or [])
     code = report_main(args)
     say(f"[compare] report: {report / 'report.md'}")
