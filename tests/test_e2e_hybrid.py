@@ -70,6 +70,7 @@ def _check_hybrid_step(step: dict) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2700)  # it starts the module's run (run_smoke's own limit: 2,400 s); the default is 900 s
 def test_egspo_steps_mix_expert_rows_and_gate_rollout_tokens(egspo_run):
     steps = _train_steps(egspo_run)
     assert [s["step"] for s in steps] == list(range(1, EGSPO_STEPS + 1))
