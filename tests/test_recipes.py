@@ -131,7 +131,7 @@ ESPO_METHODS = {
     "dapo": {f"{LOSS}.loss_mode": "vanilla", f"{ACTOR}.clip_ratio_low": 0.2, f"{ACTOR}.clip_ratio_high": 0.28,
              f"{ACTOR}.loss_agg_mode": "token-mean"},
     "cispo": {f"{LOSS}.loss_mode": "cispo"},
-    "gmpo": {f"{LOSS}.loss_mode": "geo_mean"},
+    "gmpo": {f"{LOSS}.loss_mode": "gmpo"},
 }  # fmt: skip
 # ESPO Sec. 4.4, all on Qwen3-30B-A3B: fixed clips, no grouping, rho 0.1 / 0.4, alpha 0.01 / 0.05 / 0.10.
 ESPO_ABLATIONS = {
