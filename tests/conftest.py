@@ -1,4 +1,4 @@
-"""Shared fixtures: actor configs for direct loss calls and random ESPO batches."""
+"""Shared fixtures (actor configs for direct loss calls, random ESPO batches) and the suite's module order."""
 
 from __future__ import annotations
 
@@ -49,3 +49,22 @@ def random_batch(B=6, T=12, seed=0, dtype=torch.float64, lengths=None, tie_entro
 @pytest.fixture
 def actor_config():
     return make_actor_config
+
+
+# Modules with trainer runs, longest first. README command 2 runs the suite on two workers, one module at a time
+# each (`-n 2 --dist loadfile`); collected first, these start first, and the fast modules fill in around them.
+SLOW_MODULES_FIRST = (
+    "test_e2e_learning.py",
+    "test_e2e_smoke.py",
+    "test_e2e_separate_async.py",
+    "test_e2e_hybrid.py",
+    "test_actor_integration.py",
+    "test_recipes.py",
+    "test_evaluate.py",
+    "test_sft_stage.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(SLOW_MODULES_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order

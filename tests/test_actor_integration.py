@@ -1,7 +1,7 @@
 """ESPO, EGSPO and CHORD through veRL's real FSDP2 actor worker on CPU (gloo), at one and two data-parallel ranks.
 
-Each case runs ``tests/integration/actor_step.py`` under ``torchrun``: the plugin's Hydra config is
-instantiated, ``ActorRolloutRefWorker`` builds the FSDP2 engine, the loss is installed with
+Every case runs in ``tests/integration/actor_step.py`` under one ``torchrun`` per world size: for each case the
+plugin's Hydra config is instantiated, ``ActorRolloutRefWorker`` builds the FSDP2 engine, the loss is installed with
 ``set_loss_fn`` as the ``espo_sync`` trainer installs it, ``compute_log_prob`` yields the old log-probs
 and entropy, and ``update_actor`` trains on the ESPO loss.
 """
@@ -20,36 +20,44 @@ import pytest
 SCRIPT = Path(__file__).parent / "integration" / "actor_step.py"
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    from verl_espo.toy.assets import build_assets
+# Every case runs in the same two torchrun launches (one per world size): each launch builds one worker per case.
+CASES = {
+    "espo": {},
+    "espo_batch_rmpad": {
+        "overrides": [
+            "actor_rollout_ref.actor.policy_loss.espo.grouping=batch",
+            "actor_rollout_ref.model.use_remove_padding=true",
+        ]
+    },
+    # Expert rows 1, 2, 3 of 8: at dp=2 rank 0 holds all three (micro-batches of 2: one with one expert row, one
+    # with two) and rank 1 none; at dp=1 they are spread over micro-batches with and without expert rows.
+    "egspo": {"config_name": "egspo_trainer", "experts": [1, 2, 3], "mu": 0.3},
+    "chord": {"config_name": "chord_trainer", "experts": [1, 2, 3], "mu": 0.3},
+    # mu = 1: the update is the SFT-phi term alone
+    "sft_only": {"config_name": "egspo_trainer", "experts": [1, 2, 3], "mu": 1.0},
+}
 
-    return str(build_assets(tmp_path_factory.mktemp("tiny_model")))
 
-
-_port = iter(range(29600, 29700))
-
-
-def run_actor_step(model: str, tmp_path: Path, nproc: int, *overrides: str, options: tuple[str, ...] = ()) -> dict:
-    out = tmp_path / f"report_{nproc}_{abs(hash(overrides + options))}.json"
+def run_actor_steps(model: str, tmp_path: Path, nproc: int, port: int) -> dict:
+    cases, out = tmp_path / "cases.json", tmp_path / f"reports_{nproc}.json"
+    cases.write_text(json.dumps(CASES))
     cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        f"--nproc_per_node={nproc}",
-        f"--master_port={next(_port)}",
-        str(SCRIPT),
-        "--model",
-        model,
-        "--out",
-        str(out),
-        *options,
-        *overrides,
-    ]
+        sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--master_port={port}",
+        str(SCRIPT), "--model", model, "--out", str(out), "--cases", str(cases),
+    ]  # fmt: skip
     env = {**os.environ, "VERL_PLATFORM": "cpu", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     return json.loads(out.read_text())
+
+
+@pytest.fixture(scope="module")
+def reports(tmp_path_factory) -> dict[int, dict]:
+    """{world size: {case: rank 0's report}} for dp=1 and dp=2."""
+    from verl_espo.toy.assets import build_assets
+
+    model = str(build_assets(tmp_path_factory.mktemp("tiny_model")))
+    return {n: run_actor_steps(model, tmp_path_factory.mktemp(f"dp{n}"), n, 29600 + n) for n in (1, 2)}
 
 
 ESPO_METRICS = [
@@ -86,9 +94,8 @@ def check_report(report: dict) -> None:
     assert metrics["actor/espo/old_entropy"] == pytest.approx(report["trainer_entropy"], rel=1e-6)
 
 
-def test_espo_actor_step_is_invariant_to_data_parallel_size(tiny_model, tmp_path):
-    one = run_actor_step(tiny_model, tmp_path, 1)
-    two = run_actor_step(tiny_model, tmp_path, 2)
+def test_espo_actor_step_is_invariant_to_data_parallel_size(reports):
+    one, two = reports[1]["espo"], reports[2]["espo"]
     check_report(one)
     check_report(two)
     assert two["world_size"] == 2
@@ -96,13 +103,8 @@ def test_espo_actor_step_is_invariant_to_data_parallel_size(tiny_model, tmp_path
     assert two["metrics"]["grad_norm"] == pytest.approx(one["metrics"]["grad_norm"], rel=1e-4)
 
 
-def test_espo_batch_grouping_with_remove_padding(tiny_model, tmp_path):
-    overrides = (
-        "actor_rollout_ref.actor.policy_loss.espo.grouping=batch",
-        "actor_rollout_ref.model.use_remove_padding=true",
-    )
-    one = run_actor_step(tiny_model, tmp_path, 1, *overrides)
-    two = run_actor_step(tiny_model, tmp_path, 2, *overrides)
+def test_espo_batch_grouping_with_remove_padding(reports):
+    one, two = reports[1]["espo_batch_rmpad"], reports[2]["espo_batch_rmpad"]
     check_report(one)
     assert "actor/espo/entropy_threshold" in one["metrics"]
     assert math.isfinite(one["metrics"]["actor/espo/entropy_threshold"])
@@ -130,12 +132,8 @@ EGSPO_METRICS = [
 
 
 @pytest.mark.parametrize("algo", ["egspo", "chord"])
-def test_hybrid_actor_step_mixes_expert_rows_and_is_invariant_to_data_parallel_size(tiny_model, tmp_path, algo):
-    # Expert rows 1, 2, 3 of 8: at dp=2 rank 0 holds all three (micro-batches of 2: one with one expert row, one
-    # with two) and rank 1 none; at dp=1 they are spread over micro-batches with and without expert rows.
-    options = ("--config-name", f"{algo}_trainer", "--experts", "1,2,3", "--mu", "0.3")
-    one = run_actor_step(tiny_model, tmp_path, 1, options=options)
-    two = run_actor_step(tiny_model, tmp_path, 2, options=options)
+def test_hybrid_actor_step_mixes_expert_rows_and_is_invariant_to_data_parallel_size(reports, algo):
+    one, two = reports[1][algo], reports[2][algo]
     expected = HYBRID_METRICS + (EGSPO_METRICS if algo == "egspo" else [])
     for report in (one, two):
         metrics = report["metrics"]
@@ -153,3 +151,12 @@ def test_hybrid_actor_step_mixes_expert_rows_and_is_invariant_to_data_parallel_s
     if algo == "egspo":
         assert one["metrics"]["actor/egspo/entropy_threshold"] == two["metrics"]["actor/egspo/entropy_threshold"]
         assert 0.0 < one["metrics"]["actor/egspo/high_token_frac"] < 1.0
+
+
+def test_the_sft_part_of_the_hybrid_loss_makes_the_demonstrations_more_likely(reports):
+    """mu = 1 leaves the SFT-phi term alone: one update through veRL's actor raises the log-probability of the
+    demonstrations' tokens (their mean change is positive), identically at one and two ranks."""
+    one, two = reports[1]["sft_only"], reports[2]["sft_only"]
+    assert one["metrics"]["actor/pg_loss"] == pytest.approx(one["metrics"]["actor/hybrid/sft_loss"], rel=1e-6)
+    assert one["expert_log_prob_change"] > 0
+    assert two["expert_log_prob_change"] == pytest.approx(one["expert_log_prob_change"], rel=1e-3)

@@ -8,6 +8,7 @@ The end-to-end use (veRL's ``separate_async`` trainer shipping FSDP2 weights to 
 from __future__ import annotations
 
 import asyncio
+import io
 import multiprocessing as mp
 import threading
 
@@ -216,7 +217,11 @@ def _receive(kwargs: dict, bucket_size: int, global_steps: int, queue) -> None:
         engine.init_process_group(**kwargs)
         received = asyncio.run(_collect(engine.receive_weights(global_steps=global_steps)))
         engine.finalize()
-        queue.put([(n, t.clone()) for n, t in received])
+        # As bytes: a queued tensor travels as a file descriptor that dies with this process, which may exit
+        # before the test process unpickles it.
+        buffer = io.BytesIO()
+        torch.save([(n, t.clone()) for n, t in received], buffer)
+        queue.put(buffer.getvalue())
     except BaseException as exc:  # noqa: BLE001  reported to the test process
         queue.put(exc)
 
@@ -237,7 +242,7 @@ def test_weights_reach_a_receiver_in_another_process():
         sender.finalize()
     if isinstance(received, BaseException):
         raise received
-    _assert_same(_weights(), received)
+    _assert_same(_weights(), torch.load(io.BytesIO(received)))
     assert metrics["weight_sync/gloo/tensors"] == len(_weights())
     assert child.exitcode == 0
 

@@ -2,8 +2,10 @@
 
 The whole stack runs (Ray, TransferQueue, FSDP2 actor, the ``hf`` rollout, reward, the ``plugin_sync`` trainer
 mixing the toy task's expert demonstrations into every step, the ``hybrid_grpo`` advantage, the gated loss).
-One EGSPO run of the bundled default is checked for what each part must produce and for learning; CHORD's
-smoke config is EGSPO's without the gate. Deselect them with ``-m "not slow"``.
+One short EGSPO run of the bundled default is checked for what each part must produce (that the update pulls
+the policy toward the demonstrations is checked through veRL's actor in ``test_actor_integration.py``; the
+README's 40-step main job is the long learning run). CHORD's smoke config is EGSPO's without the gate.
+Deselect the slow ones with ``-m "not slow"``.
 """
 
 from __future__ import annotations
@@ -13,8 +15,7 @@ from pathlib import Path
 
 import pytest
 
-EGSPO_STEPS = 25  # learning shows by step 20 (reward +0.3, validation 0.13 -> 0.54 in a 40-step run)
-VAL_KEY = "val-core/toy_arithmetic/acc/mean@1"
+EGSPO_STEPS = 4
 # egspo_smoke.yaml: 16 prompts x 8 rollouts + 16 expert rows per step, mu = 0.1
 ROLLOUT_ROWS, EXPERT_ROWS, MU = 128, 16, 0.1
 HYBRID_KEYS = (
@@ -42,15 +43,13 @@ def _train_steps(result) -> list[dict]:
     return [s for s in result.steps if "timing_s/step" in s]
 
 
-def _mean(values: list[float]) -> float:
-    return sum(values) / len(values)
-
-
 @pytest.fixture(scope="module")
 def egspo_run(tmp_path_factory):
     from verl_espo.smoke import run_smoke
 
-    result = run_smoke("egspo", EGSPO_STEPS, tmp_path_factory.mktemp("egspo_smoke"), echo=False, timeout_s=2400)
+    overrides = ["trainer.val_before_train=false", "trainer.test_freq=-1"]  # validation is not the subject here
+    out = tmp_path_factory.mktemp("egspo_smoke")
+    result = run_smoke("egspo", EGSPO_STEPS, out, overrides=overrides, echo=False, timeout_s=900)
     assert result.ok, Path(result.out_dir, "train.log").read_text()[-5000:]
     return result
 
@@ -70,7 +69,6 @@ def _check_hybrid_step(step: dict) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(2700)  # it starts the module's run (run_smoke's own limit: 2,400 s); the default is 900 s
 def test_egspo_steps_mix_expert_rows_and_gate_rollout_tokens(egspo_run):
     steps = _train_steps(egspo_run)
     assert [s["step"] for s in steps] == list(range(1, EGSPO_STEPS + 1))
@@ -82,14 +80,6 @@ def test_egspo_steps_mix_expert_rows_and_gate_rollout_tokens(egspo_run):
         assert 0.15 <= step["actor/egspo/high_token_frac"] <= 0.3
         assert 0.0 <= step["actor/egspo/phi_mean_low"] <= 0.25
         assert step["actor/egspo/phi_mean_low"] < step["actor/egspo/weight_mean"] <= 1.0
-
-
-@pytest.mark.slow
-def test_egspo_raises_the_reward_on_the_bundled_default(egspo_run):
-    rewards = [s["critic/score/mean"] for s in _train_steps(egspo_run)]
-    assert _mean(rewards[-5:]) >= _mean(rewards[:5]) + 0.2, rewards
-    validated = [s[VAL_KEY] for s in egspo_run.steps if VAL_KEY in s]
-    assert validated[-1] >= validated[0] + 0.2, validated
 
 
 def test_chord_smoke_config_is_the_egspo_smoke_config_without_the_gate():

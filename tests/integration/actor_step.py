@@ -1,12 +1,13 @@
 """One actor step of a plugin loss through veRL's real worker code on CPU; run under ``torchrun`` (1 or 2 processes).
 
-``ActorRolloutRefWorker(role="actor")`` builds the FSDP2 engine from the plugin's Hydra config (``--config-name``:
-``espo_trainer``, ``egspo_trainer``, ``chord_trainer``), the loss is installed with ``set_loss_fn`` exactly as the
-plugin's trainer does, ``compute_log_prob`` produces the old log-probs and entropy, and ``update_actor`` runs the
-loss. The batch has the V1 trainer's layout (nested tensors, as the agent loop puts them in TransferQueue). With
-``--experts i,j,...`` those rows are expert demonstrations (hybrid training): flagged ``is_expert``, zero advantage,
-and the trainer's step statistics (``mu``, per-type counts, the threshold over rollout tokens) are attached as the
-plugin's trainer attaches them. Rank 0 writes a JSON report to ``--out``.
+``ActorRolloutRefWorker(role="actor")`` builds the FSDP2 engine from the plugin's Hydra config (a case's
+``config_name``: ``espo_trainer``, ``egspo_trainer``, ``chord_trainer``), the loss is installed with
+``set_loss_fn`` exactly as the plugin's trainer does, ``compute_log_prob`` produces the old log-probs and
+entropy, and ``update_actor`` runs the loss. The batch has the V1 trainer's layout (nested tensors, as the agent
+loop puts them in TransferQueue). A case with ``experts`` (row indices) makes those rows expert demonstrations
+(hybrid training): flagged ``is_expert``, zero advantage, and the trainer's step statistics (``mu``, per-type
+counts, the threshold over rollout tokens) are attached as the plugin's trainer attaches them. Every case of
+``--cases`` runs in one process group, each with its own worker; rank 0 writes a JSON report per case to ``--out``.
 """
 
 from __future__ import annotations
@@ -71,22 +72,8 @@ def make_batch(tokenizer, n: int, seed: int, experts: frozenset[int] = frozenset
     return tu.list_of_dict_to_tensordict(samples)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--samples", type=int, default=8)
-    parser.add_argument("--config-name", default="espo_trainer")
-    parser.add_argument("--experts", default="", help="comma-separated row indices of expert rows")
-    parser.add_argument("--mu", type=float, default=0.3)
-    parser.add_argument("overrides", nargs="*")
-    args = parser.parse_args()
-
-    dist.init_process_group("cpu:gloo")
-    rank, world = dist.get_rank(), dist.get_world_size()
-    torch.manual_seed(0)
-
-    import verl  # noqa: F401  (entry point: losses, trainer, CPU platform)
+def run_case(model: str, samples: int, config_name: str, experts: frozenset[int], mu: float, overrides: list[str]):
+    """One actor step of one case on this rank; returns rank 0's report (None on other ranks)."""
     from omegaconf import open_dict
     from verl.utils import tensordict_utils as tu
     from verl.workers.engine_workers import ActorRolloutRefWorker
@@ -94,18 +81,19 @@ def main() -> None:
 
     from verl_espo.workers.actor_loss import make_actor_loss_fn
 
-    cfg = compose_config(args.model, args.overrides, args.config_name)
-    experts = frozenset(int(i) for i in args.experts.split(",") if i)
+    rank, world = dist.get_rank(), dist.get_world_size()
+    torch.manual_seed(0)
+    cfg = compose_config(model, overrides, config_name)
     with open_dict(cfg):
         cfg.trainer.n_gpus_per_node = world
     worker = ActorRolloutRefWorker(config=cfg.actor_rollout_ref, role="actor")
     worker.init_model()
     worker.set_loss_fn(make_actor_loss_fn(cfg.actor_rollout_ref.actor, cfg.actor_rollout_ref.model))
 
-    full = make_batch(worker.actor.model_config.tokenizer, args.samples, seed=1, experts=experts)
+    full = make_batch(worker.actor.model_config.tokenizer, samples, seed=1, experts=experts)
     if not experts:
         del full["is_expert"]
-    per_rank = args.samples // world
+    per_rank = samples // world
     data = tu.index_select_tensor_dict(full, list(range(rank * per_rank, (rank + 1) * per_rank)))
 
     def old_pass(batch):
@@ -119,7 +107,7 @@ def main() -> None:
 
     old_log_probs, entropy = old_pass(data)
     g = torch.Generator().manual_seed(7)
-    all_scores = torch.randn(args.samples, generator=g)
+    all_scores = torch.randn(samples, generator=g)
     all_scores[sorted(experts)] = 0.0  # expert rows: zero advantage (hybrid_grpo)
     scores = all_scores[rank * per_rank : (rank + 1) * per_rank]
     lengths = data["response_mask"].offsets().diff()
@@ -145,12 +133,12 @@ def main() -> None:
         from verl_espo.workers.actor_loss import HYBRID_COUNTS_KEY, MU_KEY
 
         counts = hybrid_counts(full["response_mask"].offsets().diff(), full["is_expert"].reshape(-1))
-        tu.assign_non_tensor(data, **{MU_KEY: args.mu, HYBRID_COUNTS_KEY: counts})
+        tu.assign_non_tensor(data, **{MU_KEY: mu, HYBRID_COUNTS_KEY: counts})
     tu.assign_non_tensor(
         data,
         calculate_entropy=False,
-        global_batch_size=args.samples,
-        mini_batch_size=args.samples,
+        global_batch_size=samples,
+        mini_batch_size=samples,
         epochs=1,
         seed=0,
         dataloader_kwargs={"shuffle": False},
@@ -165,22 +153,61 @@ def main() -> None:
     dist.all_reduce(ent_sum)
     change = torch.tensor([(new_log_probs.values() - old_log_probs.values()).abs().max().item()])
     dist.all_reduce(change, op=dist.ReduceOp.MAX)
+    # The update's effect on the demonstrations: mean change of the expert tokens' log-probs (all ranks).
+    expert_change = torch.zeros(2, dtype=torch.float64)
+    for i in range(per_rank):
+        if expert_rows[i]:
+            diff = (new_log_probs[i] - old_log_probs[i]).double()
+            expert_change += torch.tensor([diff.sum().item(), float(diff.numel())])
+    dist.all_reduce(expert_change)
+    if rank != 0:
+        return None
+    from verl.utils.metric import reduce_metrics
 
-    if rank == 0:
-        from verl.utils.metric import reduce_metrics
+    reduced = {
+        k: float(v) for k, v in reduce_metrics(metrics).items() if isinstance(v, (int, float)) or hasattr(v, "item")
+    }
+    return {
+        "world_size": world,
+        "metrics": reduced,
+        "trainer_entropy": ent_sum[0].item() / ent_sum[1].item(),
+        "max_log_prob_change": change.item(),
+        "expert_log_prob_change": expert_change[0].item() / max(expert_change[1].item(), 1.0),
+        "finite": all(math.isfinite(v) for v in reduced.values()),
+    }
 
-        reduced = {
-            k: float(v) for k, v in reduce_metrics(metrics).items() if isinstance(v, (int, float)) or hasattr(v, "item")
-        }
-        report = {
-            "world_size": world,
-            "metrics": reduced,
-            "trainer_entropy": ent_sum[0].item() / ent_sum[1].item(),
-            "max_log_prob_change": change.item(),
-            "finite": all(math.isfinite(v) for v in reduced.values()),
-        }
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--out", required=True, help="JSON file: {case name: report}, written by rank 0")
+    parser.add_argument(
+        "--cases",
+        required=True,
+        help="JSON file: {case name: {config_name, experts (row indices of expert rows), mu, overrides}}",
+    )
+    parser.add_argument("--samples", type=int, default=8)
+    args = parser.parse_args()
+
+    dist.init_process_group("cpu:gloo")
+    import verl  # noqa: F401  (entry point: losses, trainer, CPU platform)
+
+    with open(args.cases) as f:
+        cases = json.load(f)
+    reports = {}
+    for name, case in cases.items():  # every case in this one process group: one torchrun per world size
+        reports[name] = run_case(
+            args.model,
+            args.samples,
+            case.get("config_name", "espo_trainer"),
+            frozenset(case.get("experts", ())),
+            case.get("mu", 0.3),
+            list(case.get("overrides", ())),
+        )
+        dist.barrier()
+    if dist.get_rank() == 0:
         with open(args.out, "w") as f:
-            json.dump(report, f, indent=1, sort_keys=True)
+            json.dump(reports, f, indent=1, sort_keys=True)
     dist.barrier()
     dist.destroy_process_group()
 
