@@ -116,3 +116,62 @@ def test_espo_metrics_present_and_finite(vllm_run):
         assert all(math.isfinite(v) for v in espo.values()), espo
         for key in ("critic/score/mean", "actor/entropy", "actor/pg_loss"):
             assert math.isfinite(step[key]), key
+
+
+# ----------------------------------------------------------------------------- veRL's async trainers with vLLM
+SMALL = [
+    "data.train_batch_size=16",
+    "actor_rollout_ref.rollout.n=4",
+    "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=32",
+    "trainer.val_before_train=false",
+    "trainer.test_freq=-1",
+]
+
+
+def _run(tmp_path, name, overrides):
+    from verl_espo.vllm_cpu.smoke import run_vllm_smoke
+
+    result = run_vllm_smoke("espo", STEPS, tmp_path / name, overrides=overrides, echo=False, timeout_s=900)
+    log = Path(result.out_dir, "train.log")
+    assert result.ok, f"trainer exited with {result.returncode}:\n" + "\n".join(log.read_text().splitlines()[-60:])
+    steps = _train_steps(result)
+    assert [s["step"] for s in steps] == list(range(1, STEPS + 1))
+    for step in steps:
+        espo = {k: v for k, v in step.items() if k.startswith("actor/espo/")}
+        assert set(ESPO_KEYS) <= espo.keys() and all(math.isfinite(v) for v in espo.values()), sorted(espo)
+    text = log.read_text(errors="replace")
+    assert "vLLMHttpServer" in text and "keep their weights unpacked for veRL's weight sync" in text
+    return steps, text
+
+
+def test_colocate_async_with_vllm(tmp_path):
+    """plugin_colocate_async: partial rollouts; a step trains on samples of the previous weights (staleness 1) or of
+    the current ones (staleness 0). Samples of the current weights match the actor: the sync reached vLLM."""
+    overrides = [
+        "trainer.v1.trainer_mode=plugin_colocate_async",
+        "actor_rollout_ref.actor.ppo_mini_batch_size=8",
+        "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=64",
+        *SMALL,
+    ]
+    steps, log = _run(tmp_path, "colocate_async", overrides)
+    assert "'trainer_mode': 'plugin_colocate_async'" in log
+    fresh = [s for s in steps if s["training/off_policy/trajectory_staleness_worst/max"] == 0]
+    assert fresh and fresh[0]["step"] == 1
+    for step in fresh:
+        assert step["training/rollout_probs_diff_max"] < SYNC_TOLERANCE, step["step"]
+
+
+def test_separate_async_with_vllm(tmp_path):
+    """plugin_separate_async: a standalone vLLM replica (random initial weights: load_format=dummy) gets the actor's
+    weights through the plugin's gloo checkpoint engine and veRL's vLLM adapter; step 1's samples come from the
+    first sync, and match the actor."""
+    overrides = [
+        "+smoke_mode=separate_async",
+        "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=32",
+        *SMALL,
+    ]
+    steps, log = _run(tmp_path, "separate_async", overrides)
+    assert "'trainer_mode': 'plugin_separate_async'" in log
+    assert steps[0]["training/rollout_probs_diff_max"] < SYNC_TOLERANCE
+    for step in steps:
+        assert step["weight_sync/gloo/tensors"] > 0  # every parameter of the toy model, every step
