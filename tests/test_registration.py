@@ -265,5 +265,12 @@ def test_the_plugin_registers_the_platform_first():
         if isinstance(node, ast.AnnAssign) and getattr(node.target, "id", None) == "PIECES"
     ]
     names = [piece for piece, _ in pieces]
-    assert names[0] == "platform" and sorted(names) == ["checkpoint_engine", "losses", "platform", "rollout", "trainer"]
+    assert names[0] == "platform" and sorted(names) == [
+        "checkpoint_engine",
+        "losses",
+        "platform",
+        "rollout",
+        "trainer",
+        "vllm_cpu",
+    ]
     assert all(module == f"verl_espo.{piece}" for piece, module in pieces)

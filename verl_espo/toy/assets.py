@@ -12,7 +12,17 @@ import logging
 import string
 from pathlib import Path
 
-__all__ = ["SPECIAL_TOKENS", "CHAT_TEMPLATE", "build_tokenizer", "make_tiny_model", "build_tiny_model", "build_assets"]
+__all__ = [
+    "SPECIAL_TOKENS",
+    "CHAT_TEMPLATE",
+    "VLLM_CPU_MODEL",
+    "build_tokenizer",
+    "make_tiny_model",
+    "build_tiny_model",
+    "build_assets",
+    "build_vllm_cpu_assets",
+    "head_dim",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +39,20 @@ CHAT_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
 )
+
+
+#: The tiny model's sizes for runs with veRL's vLLM rollout on CPU. vLLM's CPU attention accepts head sizes
+#: 32, 64, 80, ... (``CPUAttentionBackend.get_supported_head_sizes``) and rejects the default's 16
+#: (hidden 64 / 4 heads); two query heads sharing one key/value head give head size 32 with the default's
+#: hidden size and exactly its parameter count.
+VLLM_CPU_MODEL: dict = {"hidden_size": 64, "num_heads": 2, "num_kv_heads": 1}
+
+
+def head_dim(config) -> int:
+    """The attention head size of a Hugging Face config (object or dict): ``head_dim``, else hidden / heads."""
+    get = config.get if isinstance(config, dict) else (lambda key, default=None: getattr(config, key, default))
+    explicit = get("head_dim")
+    return int(explicit) if explicit else int(get("hidden_size")) // int(get("num_attention_heads"))
 
 
 def build_tokenizer(out_dir: str | Path):
@@ -145,13 +169,18 @@ def build_assets(
     model.save_pretrained(str(out))
     record = {
         "seed": seed,
-        "model": {k: getattr(model.config, k) for k in _RECORDED_CONFIG},
+        "model": {**{k: getattr(model.config, k) for k in _RECORDED_CONFIG}, "head_dim": head_dim(model.config)},
         "num_parameters": model.num_parameters(),
         "warmup": warmup,
     }
     (out / "toy_assets.json").write_text(json.dumps(record, indent=2) + "\n")
     logger.info("toy assets in %s: %d parameters, warm-up %s", out, record["num_parameters"], warmup)
     return out
+
+
+def build_vllm_cpu_assets(out_dir: str | Path, **kwargs) -> Path:
+    """:func:`build_assets` with :data:`VLLM_CPU_MODEL` (head size 32), the model of the vLLM rollout runs on CPU."""
+    return build_assets(out_dir, **{**VLLM_CPU_MODEL, **kwargs})
 
 
 _RECORDED_CONFIG = (
