@@ -2,7 +2,7 @@
 
 The trainer is replaced by a runner that writes what a smoke run writes (veRL's file-logger lines, the summary,
 the Hydra config), so this checks the command's own logic in seconds; the smoke runs themselves are tested in
-tests/test_e2e_smoke.py and tests/test_e2e_hybrid.py, the report in tests/test_report.py.
+tests/test_e2e_learning.py and tests/test_e2e_hybrid.py, the report in tests/test_report.py.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """End-to-end learning: the README's main job (``python -m verl_espo.smoke espo``, 40 steps of veRL's real trainer
-with ESPO on the bundled default) raises the training reward and the greedy validation accuracy.
+with ESPO and the plugin's ``hf`` rollout on the bundled default) raises the training reward and the greedy
+validation accuracy, and the rollout follows every update.
 
 This is the suite's one long run. When README command 1 ran the main job in this checkout after the last change
 to the package (as CI does), its output is checked instead of training the same 40 steps again.
@@ -8,12 +9,17 @@ to the package (as CI does), its output is checked instead of training the same 
 from __future__ import annotations
 
 import json
+import math
+import re
 import types
 from pathlib import Path
 
 import pytest
 
 VAL_KEY = "val-core/toy_arithmetic/acc/mean@1"
+STEPS = 40
+# Max |p_rollout - p_actor| over response tokens: fp32 on both sides, same weights -> ~1e-6.
+SYNC_TOLERANCE = 1e-4
 
 
 def _train_steps(result) -> list[dict]:
@@ -49,16 +55,38 @@ def _main_job_output(steps: int):
     return None
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(1800)  # run_smoke's own limit (1,500 s) decides; the suite's default 900 s is too short
-def test_espo_raises_the_reward_on_the_bundled_default(tmp_path):
-    """The README's main job (40 steps of the bundled default) learns: reward and validation accuracy rise."""
+@pytest.fixture(scope="module")
+def main_job(tmp_path_factory):
     from verl_espo.smoke import run_smoke
 
-    result = _main_job_output(40) or run_smoke("espo", 40, tmp_path / "espo40", echo=False, timeout_s=1500)
+    result = _main_job_output(STEPS) or run_smoke(
+        "espo", STEPS, tmp_path_factory.mktemp("espo40"), echo=False, timeout_s=1500
+    )
     assert result.ok, Path(result.out_dir, "train.log").read_text()[-5000:]
-    rewards = [s["critic/score/mean"] for s in _train_steps(result)]
-    assert len(rewards) == 40
+    return result
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)  # run_smoke's own limit (1,500 s) decides; the suite's default 900 s is too short
+def test_espo_raises_the_reward_on_the_bundled_default(main_job):
+    """The README's main job (40 steps of the bundled default) learns: reward and validation accuracy rise."""
+    rewards = [s["critic/score/mean"] for s in _train_steps(main_job)]
+    assert len(rewards) == STEPS
     assert _mean(rewards[-5:]) >= _mean(rewards[:5]) + 0.2, rewards
-    validated = [s[VAL_KEY] for s in result.steps if VAL_KEY in s]
+    validated = [s[VAL_KEY] for s in main_job.steps if VAL_KEY in s]
     assert validated[-1] >= validated[0] + 0.2, validated
+
+
+@pytest.mark.slow
+def test_the_hf_rollout_follows_every_update(main_job):
+    """The hf server's log-probs equal the actor's old log-probs at every step: it generated with the weights of
+    the latest update (dummy-initialised at start, so the first sync is checked too); one sync per step."""
+    for step in _train_steps(main_job):
+        assert step["training/rollout_probs_diff_max"] < SYNC_TOLERANCE, step["step"]
+        assert step["actor/grad_norm"] > 0
+        espo = {k: v for k, v in step.items() if k.startswith("actor/espo/")}
+        assert "actor/espo/old_entropy" in espo and all(math.isfinite(v) for v in espo.values()), espo
+    log = Path(main_job.out_dir, "train.log").read_text(errors="replace")
+    synced = re.findall(r"hf rollout: synced (\d+) tensors to replica 0 \(step (\d+)\)", log)
+    assert [int(s) for _, s in synced] == list(range(0, STEPS + 1))  # initial sync + one after every step
+    assert len({n for n, _ in synced}) == 1

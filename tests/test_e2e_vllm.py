@@ -1,10 +1,19 @@
-"""End-to-end: the plugin's ESPO trainer with veRL's own vLLM rollout on CPU (vLLM's CPU build).
+"""End-to-end: the plugin's trainers with veRL's own vLLM rollout on CPU (vLLM's CPU build), the path GPU runs take.
 
-One short run of ``python -m verl_espo.vllm_cpu.smoke espo`` (veRL's ``main_ppo`` with ``+smoke_rollout=vllm``
-and the head-size-32 toy model): veRL's ``vLLMHttpServer`` generates, the trainer syncs the actor's weights
-into the running vLLM engine after every step, and the checks below look at what that must produce. Two PPO
-mini-batches per step, so the policy moves within each step and the rollout of the next step only matches the
-actor if the sync reached vLLM. Needs the ``vllm-cpu`` extra (docs/vllm_cpu.md); skipped without vLLM.
+Three short runs of ``python -m verl_espo.vllm_cpu.smoke espo`` (veRL's ``main_ppo`` with ``+smoke_rollout=vllm``
+and the head-size-32 toy model; Ray, TransferQueue, the FSDP2 actor, veRL's ``vLLMHttpServer``, reward, GRPO
+advantages, the ESPO loss):
+
+- ``plugin_sync``: the trainer syncs the actor's weights into the running vLLM engine after every step; checked
+  for every part a step must produce (ESPO's metrics and clipping, the loss-side old entropy, rollout log-probs
+  equal to the actor's after each sync while the policy moves, changed and loadable HF checkpoints, validation).
+- ``plugin_colocate_async`` with ``espo.grouping=batch``: veRL's partial rollouts, and the trainer's one entropy
+  threshold per step reaching the loss.
+- ``plugin_separate_async``: a standalone vLLM replica fed through the plugin's ``gloo`` checkpoint engine.
+
+Needs the ``vllm-cpu`` extra (README command 2 installs it; docs/vllm_cpu.md); skipped without vLLM. The same
+trainer modes with the ``hf`` rollout: the main job (``test_e2e_learning.py``), ``test_e2e_separate_async.py``
+and ``test_e2e_hybrid.py``.
 """
 
 from __future__ import annotations
@@ -14,6 +23,7 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 
 pytestmark = [
     pytest.mark.slow,
@@ -33,37 +43,31 @@ ESPO_KEYS = (
     "actor/espo/high/token_frac",
     "actor/espo/num_groups_mean",
 )
+VAL_KEY = "val-core/toy_arithmetic/acc/mean@1"
 # Max |p_rollout - p_actor| over response tokens. vLLM and the actor both compute in fp32 here (measured ~8e-7);
 # a rollout left on the previous step's weights differs by the step's policy change (measured ~0.1 in log-prob).
 SYNC_TOLERANCE = 1e-4
 # The policy must move within a step by much more than that, or the check above proves nothing.
 MIN_POLICY_MOVE = 1e-3
+# 16 prompts x 4 responses per step, one PPO mini-batch (one micro-batch): the loss-side old entropy covers exactly
+# the tokens of the trainer's `actor/entropy`, and a step-level threshold splits the micro-batch 20 % / 80 %.
+SMALL = [
+    "data.train_batch_size=16",
+    "actor_rollout_ref.rollout.n=4",
+    "actor_rollout_ref.actor.ppo_mini_batch_size=16",
+    "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=64",
+    "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=64",
+]
+NO_VALIDATION = ["trainer.val_before_train=false", "trainer.test_freq=-1"]
 
 
-@pytest.fixture(scope="module")
-def vllm_run(tmp_path_factory):
+def _run(out: Path, overrides: list[str]):
     from verl_espo.vllm_cpu.smoke import run_vllm_smoke
 
-    out = tmp_path_factory.mktemp("espo_vllm")
-    result = run_vllm_smoke(
-        "espo",
-        STEPS,
-        out,
-        overrides=[
-            # 16 prompts x 4 responses, two PPO mini-batches per step (the second is off-policy: ESPO clips).
-            "data.train_batch_size=16",
-            "actor_rollout_ref.rollout.n=4",
-            "actor_rollout_ref.actor.ppo_mini_batch_size=8",
-            "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=32",
-            "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=64",
-            "trainer.val_before_train=false",
-            "trainer.test_freq=-1",
-        ],
-        echo=False,
-        timeout_s=900,
-    )
+    result = run_vllm_smoke("espo", STEPS, out, overrides=overrides, echo=False, timeout_s=900)
     log = Path(result.out_dir, "train.log")
     assert result.ok, f"trainer exited with {result.returncode}:\n" + "\n".join(log.read_text().splitlines()[-60:])
+    result.log = log.read_text(errors="replace")
     return result
 
 
@@ -71,90 +75,107 @@ def _train_steps(result) -> list[dict]:
     return [s for s in result.steps if "timing_s/step" in s]
 
 
-def test_every_step_completes(vllm_run):
-    assert [s["step"] for s in _train_steps(vllm_run)] == list(range(1, STEPS + 1))
-
-
-def test_rollout_is_vllm_with_the_plugin(vllm_run):
-    log = Path(vllm_run.out_dir, "train.log").read_text(errors="replace")
-    assert "vLLMHttpServer" in log, "the run did not start veRL's vLLM server"
-    assert "hf rollout:" not in log, "the run used the plugin's hf rollout, not vLLM"
-    # The vllm.general_plugins entry point ran in vLLM's processes (verl_espo/vllm_cpu/linear.py).
-    assert "keep their weights unpacked for veRL's weight sync" in log
-
-
-def test_rollout_matches_actor_after_weight_sync(vllm_run):
-    steps = _train_steps(vllm_run)
-    moved = max(
-        steps[0][f"actor/espo/{group}/log_ratio_abs_max"] for group in ("high", "low")
-    )  # |log pi_theta - log pi_old| over step 1's second mini-batch: the policy changed
-    assert moved > MIN_POLICY_MOVE, f"the policy did not move in step 1 (max |log ratio| {moved})"
-    for step in steps:
-        assert step["training/rollout_probs_diff_valid"] == 1.0
-        assert math.isfinite(step["training/rollout_probs_diff_mean"])
-    for step in steps[1:]:  # rolled out after one and two syncs of changed weights
-        diff = step["training/rollout_probs_diff_max"]
-        assert diff < SYNC_TOLERANCE, (
-            f"step {step['step']}: rollout vs actor probability gap {diff} (the policy moved {moved} in log-prob "
-            "in step 1): vLLM did not get the updated weights"
-        )
-
-
-def test_weights_changed(vllm_run):
-    for step in _train_steps(vllm_run):
-        assert step["actor/grad_norm"] > 0 and math.isfinite(step["actor/grad_norm"])
-        # The second mini-batch of every step trains a policy the first one changed.
-        moved = max(step[f"actor/espo/{group}/log_ratio_abs_max"] for group in ("high", "low"))
-        assert moved > MIN_POLICY_MOVE, (step["step"], moved)
-        assert step["timing_s/update_weights"] > 0
-
-
-def test_espo_metrics_present_and_finite(vllm_run):
-    for step in _train_steps(vllm_run):
-        espo = {k: v for k, v in step.items() if k.startswith("actor/espo/")}
-        assert set(ESPO_KEYS) <= espo.keys(), sorted(espo)
-        assert all(math.isfinite(v) for v in espo.values()), espo
-        for key in ("critic/score/mean", "actor/entropy", "actor/pg_loss"):
-            assert math.isfinite(step[key]), key
-
-
-# ----------------------------------------------------------------------------- veRL's async trainers with vLLM
-SMALL = [
-    "data.train_batch_size=16",
-    "actor_rollout_ref.rollout.n=4",
-    "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=32",
-    "trainer.val_before_train=false",
-    "trainer.test_freq=-1",
-]
-
-
-def _run(tmp_path, name, overrides):
-    from verl_espo.vllm_cpu.smoke import run_vllm_smoke
-
-    result = run_vllm_smoke("espo", STEPS, tmp_path / name, overrides=overrides, echo=False, timeout_s=900)
-    log = Path(result.out_dir, "train.log")
-    assert result.ok, f"trainer exited with {result.returncode}:\n" + "\n".join(log.read_text().splitlines()[-60:])
+def _check_espo_steps(result) -> list[dict]:
     steps = _train_steps(result)
     assert [s["step"] for s in steps] == list(range(1, STEPS + 1))
     for step in steps:
         espo = {k: v for k, v in step.items() if k.startswith("actor/espo/")}
-        assert set(ESPO_KEYS) <= espo.keys() and all(math.isfinite(v) for v in espo.values()), sorted(espo)
-    text = log.read_text(errors="replace")
-    assert "vLLMHttpServer" in text and "keep their weights unpacked for veRL's weight sync" in text
-    return steps, text
+        assert set(ESPO_KEYS) <= espo.keys(), sorted(espo)
+        assert all(math.isfinite(v) for v in espo.values()), espo
+        for key in ("critic/score/mean", "actor/entropy", "actor/pg_loss", "actor/grad_norm"):
+            assert math.isfinite(step[key]), key
+        # One mini-batch per update: the loss saw exactly the old entropy the trainer computed.
+        assert step["actor/espo/old_entropy"] == pytest.approx(step["actor/entropy"], abs=1e-5)
+    assert "vLLMHttpServer" in result.log, "the run did not start veRL's vLLM server"
+    assert "hf rollout:" not in result.log, "the run used the plugin's hf rollout, not vLLM"
+    # The vllm.general_plugins entry point ran in vLLM's processes (verl_espo/vllm_cpu/linear.py).
+    assert "keep their weights unpacked for veRL's weight sync" in result.log
+    return steps
 
 
-def test_colocate_async_with_vllm(tmp_path):
-    """plugin_colocate_async: partial rollouts; a step trains on samples of the previous weights (staleness 1) or of
-    the current ones (staleness 0). Samples of the current weights match the actor: the sync reached vLLM."""
+# ----------------------------------------------------------------------------- plugin_sync
+@pytest.fixture(scope="module")
+def sync_run(tmp_path_factory):
+    overrides = [
+        *SMALL,
+        "actor_rollout_ref.actor.ppo_epochs=2",  # the second pass is off-policy: the policy moves within a step
+        "trainer.save_freq=1",
+        "actor_rollout_ref.actor.checkpoint.save_contents=[hf_model]",
+    ]
+    return _run(tmp_path_factory.mktemp("espo_vllm_sync"), overrides)
+
+
+def test_sync_every_step_completes_with_espo_on_vllm(sync_run):
+    _check_espo_steps(sync_run)
+    assert sync_run.summary["steps_completed"] == STEPS
+    assert "'trainer_mode': 'plugin_sync'" in sync_run.log
+
+
+def test_sync_espo_clips_off_policy_updates(sync_run):
+    steps = _train_steps(sync_run)
+    assert max(s["actor/pg_clipfrac"] for s in steps) > 0  # the second epoch is off-policy
+    for s in steps:
+        assert 0.0 <= s["actor/espo/grad_utilization"] <= 1.0
+        assert s["actor/espo/high/eps_mean"] > 0
+        assert s["actor/espo/high/token_frac"] + s["actor/espo/low/token_frac"] == pytest.approx(1.0)
+
+
+def test_sync_vllm_follows_every_update(sync_run):
+    """vLLM's rollout log-probs equal the actor's at every step, although the policy moves within each step by
+    far more than the tolerance: the weights of every update reached the running engine."""
+    for step in _train_steps(sync_run):
+        moved = max(step[f"actor/espo/{group}/log_ratio_abs_max"] for group in ("high", "low"))
+        assert moved > MIN_POLICY_MOVE, (step["step"], moved)
+        assert step["training/rollout_probs_diff_valid"] == 1.0
+        assert step["training/rollout_probs_diff_max"] < SYNC_TOLERANCE, step["step"]
+        assert math.isfinite(step["training/rollout_probs_diff_mean"])
+        assert step["timing_s/update_weights"] > 0  # one sync per step
+
+
+def test_sync_parameters_change_and_checkpoints_load(sync_run):
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    out = Path(sync_run.out_dir)
+    paths = [out / "model-vllm-cpu"] + [out / f"checkpoints/global_step_{k}/actor/huggingface" for k in range(1, 4)]
+    weights = [load_file(p / "model.safetensors") for p in paths]
+    for before, after in zip(weights, weights[1:]):
+        assert all(torch.isfinite(t).all() for t in after.values())
+        assert max((after[k].float() - before[k].float()).abs().max().item() for k in before) > 1e-5
+    ids = torch.arange(3, 60).unsqueeze(0)
+    probs = []
+    for p in paths:
+        model = AutoModelForCausalLM.from_pretrained(p, dtype=torch.float32, attn_implementation="eager").eval()
+        with torch.no_grad():
+            probs.append(torch.softmax(model(ids).logits.float(), dim=-1))
+    for before, after in zip(probs, probs[1:]):  # each step moves the policy far beyond the sync tolerance
+        assert (after - before).abs().max().item() > 100 * SYNC_TOLERANCE
+
+
+def test_sync_validation_before_and_after_training(sync_run):
+    validated = [s for s in sync_run.steps if VAL_KEY in s]
+    assert [s["step"] for s in validated] == [0, STEPS]  # val_before_train, and the last step
+    assert all(0.0 <= s[VAL_KEY] <= 1.0 for s in validated)
+
+
+# ----------------------------------------------------------------------------- veRL's async trainers with vLLM
+def test_colocate_async_with_vllm_and_the_trainers_batch_threshold(tmp_path):
+    """plugin_colocate_async (partial rollouts; a step trains on samples of the previous weights, staleness 1, or
+    of the current ones, staleness 0) with espo.grouping=batch: the trainer's one threshold per step reaches the
+    loss, and the micro-batch is the whole step, so at least ceil(0.2 N) of its tokens reach it (more only on
+    ties). Samples of the current weights match the actor: the sync reached vLLM."""
     overrides = [
         "trainer.v1.trainer_mode=plugin_colocate_async",
-        "actor_rollout_ref.actor.ppo_mini_batch_size=8",
-        "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=64",
+        "actor_rollout_ref.actor.policy_loss.espo.grouping=batch",
         *SMALL,
+        *NO_VALIDATION,
     ]
-    steps, log = _run(tmp_path, "colocate_async", overrides)
-    assert "'trainer_mode': 'plugin_colocate_async'" in log
+    result = _run(tmp_path / "colocate_async", overrides)
+    steps = _check_espo_steps(result)
+    assert "'trainer_mode': 'plugin_colocate_async'" in result.log
+    for step in steps:
+        assert step["actor/espo/entropy_threshold"] == pytest.approx(step["actor/step_entropy_threshold"], rel=1e-5)
+        assert 0.2 <= step["actor/espo/high/token_frac"] < 0.25
     fresh = [s for s in steps if s["training/off_policy/trajectory_staleness_worst/max"] == 0]
     assert fresh and fresh[0]["step"] == 1
     for step in fresh:
@@ -167,11 +188,15 @@ def test_separate_async_with_vllm(tmp_path):
     first sync, and match the actor."""
     overrides = [
         "+smoke_mode=separate_async",
+        "data.train_batch_size=16",
+        "actor_rollout_ref.rollout.n=4",
+        "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=32",
         "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=32",
-        *SMALL,
+        *NO_VALIDATION,
     ]
-    steps, log = _run(tmp_path, "separate_async", overrides)
-    assert "'trainer_mode': 'plugin_separate_async'" in log
+    result = _run(tmp_path / "separate_async", overrides)
+    steps = _check_espo_steps(result)
+    assert "'trainer_mode': 'plugin_separate_async'" in result.log
     assert steps[0]["training/rollout_probs_diff_max"] < SYNC_TOLERANCE
     for step in steps:
         assert step["weight_sync/gloo/tensors"] > 0  # every parameter of the toy model, every step
