@@ -173,3 +173,13 @@ def test_25_verl_passes_engine_kwargs_to_vllm():
 
     args = build_cli_args_from_config({"kv_cache_memory_bytes": 268435456})
     assert args == ["--kv_cache_memory_bytes", "268435456"], args
+    assert "if self.node_rank != 0 or not self.config.free_cache_engine:\n            return" in source, (
+        "row 25: vLLMHttpServer.sleep no longer returns early without free_cache_engine"
+    )
+
+
+@needs_vllm
+def test_25_vllm_cpu_has_no_sleep_mode():
+    from vllm.platforms.cpu import CpuPlatform
+
+    assert not CpuPlatform().is_sleep_mode_available(), "row 25: vLLM's CPU platform has sleep mode now"

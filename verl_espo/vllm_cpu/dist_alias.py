@@ -20,7 +20,6 @@ from __future__ import annotations
 import re
 import sys
 from collections.abc import Iterator
-from email import message_from_string
 from importlib.metadata import Distribution, DistributionFinder, PackageNotFoundError
 
 __all__ = ["ALIAS", "TARGET", "VllmCpuAliasFinder", "alias_version", "install", "installed"]
@@ -53,12 +52,15 @@ class _AliasDistribution(Distribution):
         text = self._target.read_text(filename)
         if text is None or filename not in ("METADATA", "PKG-INFO"):
             return text
-        message = message_from_string(text)
-        version = alias_version(str(message["Version"]))
-        del message["Name"], message["Version"]
-        message["Name"] = ALIAS
-        message["Version"] = version
-        return message.as_string()
+        head, sep, body = text.partition("\n\n")  # the headers end at the first blank line
+        lines = head.splitlines()
+        for i, line in enumerate(lines):
+            key, _, value = line.partition(":")
+            if key == "Name":
+                lines[i] = f"Name: {ALIAS}"
+            elif key == "Version":
+                lines[i] = f"Version: {alias_version(value.strip())}"
+        return "\n".join(lines) + sep + body
 
     def locate_file(self, path):
         return self._target.locate_file(path)
