@@ -56,6 +56,7 @@ def actor_config():
 SLOW_MODULES_FIRST = (
     "test_e2e_learning.py",
     "test_e2e_vllm.py",
+    "test_e2e_vllm_async.py",
     "test_e2e_separate_async.py",
     "test_e2e_hybrid.py",
     "test_actor_integration.py",
