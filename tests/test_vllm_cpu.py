@@ -242,7 +242,8 @@ def test_vllm_cpu_toy_model(tmp_path):
     default = json.loads((build_assets(tmp_path / "d", warmup_steps=0) / "toy_assets.json").read_text())
     assert vllm_model["model"]["head_dim"] == 32 and 32 in checks.CPU_ATTENTION_HEAD_SIZES
     assert default["model"]["head_dim"] not in checks.CPU_ATTENTION_HEAD_SIZES
-    assert vllm_model["num_parameters"] == default["num_parameters"]  # same size, other head layout
+    assert vllm_model["model"]["num_hidden_layers"] == default["model"]["num_hidden_layers"]
+    assert vllm_model["model"]["vocab_size"] == default["model"]["vocab_size"]  # the same tokenizer
     assert vllm_model["model"]["num_attention_heads"] == VLLM_CPU_MODEL["num_heads"]
     checks._check_head_size(str(tmp_path / "v"))
 
