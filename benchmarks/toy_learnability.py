@@ -9,8 +9,8 @@ with AdamW (weight decay 0.01, grad clip 1.0) over ``--prompts / --mini`` mini-b
 Validation is greedy decoding, as veRL's default ``val_kwargs`` do, on the validation split
 (``val_acc``) and on each of the task's 55 problems once (``table_acc``).
 
-    OMP_NUM_THREADS=1 /work/venv/bin/python benchmarks/toy_learnability.py    # about 30 s on one core
-    /work/venv/bin/python benchmarks/toy_learnability.py --seed 1 --json curves.json
+    OMP_NUM_THREADS=1 python benchmarks/toy_learnability.py    # about 30 s on one core
+    python benchmarks/toy_learnability.py --seed 1 --json curves.json
 
 The defaults are the recommended veRL smoke settings. Measured with them (default assets, RL seeds 0-4,
 one CPU thread, ~19 s of RL each): training reward 0.08-0.11 over the first 5 steps, 0.54-0.66 over the

@@ -29,7 +29,7 @@ EXCLUDE="$(git rev-parse --git-path info/exclude)"
 mkdir -p "$(dirname "$EXCLUDE")"
 grep -qxF '/.gpu/' "$EXCLUDE" 2>/dev/null || echo /.gpu/ >> "$EXCLUDE"
 
-# The versions of /work/main/.venv (pyproject.toml's ranges); one version of each.
+# The versions of the project venv, .venv (pyproject.toml's ranges); one version of each.
 BINARY_WHEELS=(
   verl==0.9.1                   # entropy/log-prob functions, policy-loss registry, actor configs
   tensordict==0.10.0            # imported by verl.protocol and verl.utils.torch_functional
