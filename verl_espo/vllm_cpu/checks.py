@@ -25,6 +25,8 @@ import os
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
+from omegaconf import DictConfig, OmegaConf
+
 from verl_espo.vllm_cpu import EXTRA, INSTALL_COMMAND
 
 __all__ = [
@@ -174,15 +176,10 @@ def _check_memory(rollout: Mapping[str, Any], memory: Optional[tuple[int, int]])
 
 
 def _get(config: Any, dotted: str, default: Any = None) -> Any:
-    node = config
-    for part in dotted.split("."):
-        if node is None:
-            return default
-        try:
-            node = node.get(part, None) if hasattr(node, "get") else getattr(node, part, None)
-        except Exception:  # a missing or unresolvable key in a DictConfig
-            return default
-    return default if node is None else node
+    """``OmegaConf.select`` on a config or a plain mapping; a missing, null or unresolvable key gives ``default``."""
+    node = config if isinstance(config, DictConfig) else OmegaConf.create(dict(config))
+    value = OmegaConf.select(node, dotted, default=None, throw_on_resolution_failure=False)
+    return default if value is None else value
 
 
 try:  # Hydra is a dependency of the plugin; the callback class is only needed where Hydra runs
