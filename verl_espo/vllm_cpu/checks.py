@@ -27,6 +27,7 @@ from typing import Any, Mapping, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
+from verl_espo.toy.assets import head_dim
 from verl_espo.vllm_cpu import EXTRA, INSTALL_COMMAND
 
 __all__ = [
@@ -135,7 +136,7 @@ def _check_head_size(model_path: Optional[str]) -> None:
     hf_config = json.loads(config_file.read_text())
     hf_config = hf_config.get("text_config", hf_config)
     try:
-        size = int(hf_config.get("head_dim") or int(hf_config["hidden_size"]) // int(hf_config["num_attention_heads"]))
+        size = head_dim(hf_config)
     except (KeyError, TypeError, ValueError, ZeroDivisionError):
         return
     if size not in CPU_ATTENTION_HEAD_SIZES:
