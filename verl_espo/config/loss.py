@@ -145,6 +145,12 @@ class EGSPOConfig(BaseConfig):
         threshold: the fixed entropy threshold in nats for ``gate=threshold`` (required there, else unused).
         phi_source: ``old``: ``p = exp(old_log_prob)``; ``current``: ``p = exp(log_prob)``, detached.
         phi_scale: multiplies ``phi`` (``4`` makes its maximum 1), > 0.
+        rl_normalization: the RL part's denominator with ``loss_agg_mode=token-mean``. ``tokens``: the step's
+            rollout tokens, attenuated ones included (CHORD Eq. 2's ``1 / sum |o_i|``, the default reading).
+            ``gate_weight``: the sum of the gate's weights ``sum w_t`` over the rollout tokens, so the RL part is a
+            ``w``-weighted token mean and its gradient keeps CHORD-phi's scale (the mini-batch's rollout tokens
+            times the step's mean ``w``, computed by the trainer before the update, hence ``phi_source=old``;
+            exactly ``sum w_t`` when the step is one mini-batch, as in hybrid training).
     """
 
     gate: str = "batch"
@@ -152,10 +158,18 @@ class EGSPOConfig(BaseConfig):
     threshold: Optional[float] = None
     phi_source: str = "old"
     phi_scale: float = 1.0
+    rl_normalization: str = "tokens"
 
     def __post_init__(self) -> None:
         _check_choice(EGSPO_KEY_PREFIX, "gate", self.gate, ("batch", "sequence", "threshold"))
         _check_choice(EGSPO_KEY_PREFIX, "phi_source", self.phi_source, ("old", "current"))
+        _check_choice(EGSPO_KEY_PREFIX, "rl_normalization", self.rl_normalization, ("tokens", "gate_weight"))
+        if self.rl_normalization == "gate_weight" and self.phi_source != "old":
+            raise ValueError(
+                f"{EGSPO_KEY_PREFIX}.rl_normalization=gate_weight needs {EGSPO_KEY_PREFIX}.phi_source=old (the sum "
+                "of the gate's weights is computed once per step from the old policy, before the update); got "
+                f"phi_source={self.phi_source!r}"
+            )
         _check_ratio(EGSPO_KEY_PREFIX, "high_entropy_ratio", self.high_entropy_ratio)
         if not _is_number(self.phi_scale) or not float(self.phi_scale) > 0.0:
             raise ValueError(f"{EGSPO_KEY_PREFIX}.phi_scale must be > 0, got {self.phi_scale!r}")

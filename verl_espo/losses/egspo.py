@@ -9,11 +9,14 @@ Normalisation: ``L_RL`` uses the actor's ``loss_agg_mode`` over the rollout rows
 ``L_SFT`` the token mean over its expert tokens; the counts come from the trainer (``hybrid_counts``), so
 value and gradient do not change when the mini-batch is split into micro-batches or data-parallel ranks,
 whether or not a micro-batch holds an expert row. Without expert rows, ``L_RL`` is aggregated exactly as
-veRL aggregates ``vanilla`` (``global_batch_info``).
+veRL aggregates ``vanilla`` (``global_batch_info``). ``egspo.rl_normalization=gate_weight`` replaces the RL
+part's token count by the sum of the gate's weights (the token count times the step's mean weight,
+``step_gate_weight_mean``, from the trainer).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any, Optional
 
@@ -23,11 +26,11 @@ from verl.workers.config import ActorConfig
 
 from verl_espo.config.loss import EGSPO_KEY_PREFIX, HYBRID_KEY_PREFIX, EGSPOConfig, HybridConfig
 from verl_espo.core.chord import hybrid_counts, sft_token_losses
-from verl_espo.core.egspo import egspo_metrics, egspo_token_terms
+from verl_espo.core.egspo import egspo_metrics, egspo_token_terms, gate_weights
 from verl_espo.core.entropy import sequence_high_entropy_mask, threshold_high_entropy_mask
 from verl_espo.loss_inputs import MissingLossInputError, current_extras, missing_old_entropy_message
 
-__all__ = ["compute_policy_loss_egspo", "compute_policy_loss_chord", "HYBRID_COUNT_KEYS"]
+__all__ = ["compute_policy_loss_egspo", "compute_policy_loss_chord", "HYBRID_COUNT_KEYS", "step_gate_weight_mean"]
 
 #: The step-level counts the trainer hands over for hybrid normalisation (see ``HybridCounts`` in the trainer).
 HYBRID_COUNT_KEYS = ("rollout_tokens", "rollout_rows", "expert_tokens", "expert_rows")
@@ -77,6 +80,60 @@ def _gate(
     return threshold_high_entropy_mask(old_entropy, rollout_mask, threshold)
 
 
+def step_gate_weight_mean(
+    params: EGSPOConfig,
+    old_entropy: torch.Tensor,
+    old_log_prob: torch.Tensor,
+    rollout_mask: torch.Tensor,
+    entropy_threshold: Optional[float] = None,
+) -> float:
+    """Mean gate weight ``sum w_t / N`` over the ``N`` rollout tokens of a step (``egspo.rl_normalization=
+    gate_weight``), in float64.
+
+    ``w_t`` is :func:`verl_espo.core.egspo.gate_weights` on the old policy (``phi_source=old``) under the configured
+    gate; the trainer calls this once per step on the step's padded ``(B, T)`` tensors.
+    """
+    mask = rollout_mask.bool()
+    high = _gate(params, old_entropy, mask, entropy_threshold, {})
+    weights = gate_weights(high, old_log_prob.double(), float(params.phi_scale))
+    return float(torch.where(mask, weights, 0.0).sum() / mask.sum().clamp(min=1))
+
+
+def _gate_weight_mean(
+    info: Mapping[str, Any],
+    loss_agg_mode: str,
+    gate_weight_mean: Optional[float],
+    weights: torch.Tensor,
+    rollout_mask: torch.Tensor,
+) -> float:
+    """The step's mean gate weight: from the trainer, or (outside veRL's workers only) from this batch."""
+    key = f"{EGSPO_KEY_PREFIX}.rl_normalization=gate_weight"
+    if loss_agg_mode != "token-mean":
+        raise ValueError(
+            f"{key} divides a token sum by the gate's weights and needs actor_rollout_ref.actor.loss_agg_mode="
+            f"token-mean, got {loss_agg_mode!r}; set loss_agg_mode=token-mean or rl_normalization=tokens"
+        )
+    if gate_weight_mean is None:
+        inside_worker = info.get("batch_num_tokens") is not None or int(info.get("dp_size", 1) or 1) > 1
+        if inside_worker:
+            raise MissingLossInputError(
+                f"{key} needs the step's mean gate weight, which the plugin's trainer computes "
+                "(`trainer.v1.trainer_mode=plugin_sync`); none reached the loss, and a per-micro-batch value would "
+                "make the loss depend on how the batch is split. When calling the loss directly, pass "
+                "`gate_weight_mean=`"
+            )
+        gate_weight_mean = float(torch.where(rollout_mask, weights, 0.0).sum() / rollout_mask.sum().clamp(min=1))
+    gate_weight_mean = float(gate_weight_mean)
+    if not (math.isfinite(gate_weight_mean) and gate_weight_mean >= 0.0):
+        raise ValueError(f"gate_weight_mean must be finite and >= 0, got {gate_weight_mean}")
+    return gate_weight_mean
+
+
+def _rl_denominator(tokens: float, gate_weight_mean: float) -> float:
+    """``sum w_t`` as ``tokens * mean w``; a step whose weights are all 0 has a zero loss, any positive value does."""
+    return tokens * gate_weight_mean if tokens * gate_weight_mean > 0.0 else 1.0
+
+
 def _hybrid_counts(
     counts: Optional[Mapping[str, Any]], config: ActorConfig, response_mask: torch.Tensor, expert_mask: torch.Tensor
 ) -> dict[str, int]:
@@ -119,9 +176,11 @@ def _policy_loss(
     expert_mask: Optional[torch.Tensor],
     mu: Optional[float],
     hybrid_counts: Optional[Mapping[str, Any]],
+    gate_weight_mean: Optional[float] = None,
 ) -> tuple[torch.Tensor, dict[str, Any]]:
     params, hybrid = _blocks(config, loss_mode)
     extras = current_extras()
+    gate_weight_mean = extras.get("gate_weight_mean") if gate_weight_mean is None else gate_weight_mean
     old_entropy = extras.get("old_entropy") if old_entropy is None else old_entropy
     entropy_threshold = extras.get("entropy_threshold") if entropy_threshold is None else entropy_threshold
     expert_mask = extras.get("expert_mask") if expert_mask is None else expert_mask
@@ -173,15 +232,25 @@ def _policy_loss(
         metrics.update({k: v for k, v in rl_metrics.items() if not k.startswith("actor/egspo/")})
 
     info = config.global_batch_info
+    weight_mean = None
+    if loss_mode == "egspo" and params.rl_normalization == "gate_weight":
+        weight_mean = _gate_weight_mean(info, loss_agg_mode, gate_weight_mean, terms.weights, rollout_mask)
+        metrics["actor/egspo/gate_weight_mean"] = weight_mean
     if expert_mask is None:
-        loss = agg_loss(loss_mat=terms.pg_losses, loss_mask=rollout_mask, loss_agg_mode=loss_agg_mode, **info)
+        rl_info = dict(info)
+        if weight_mean is not None:
+            tokens = info.get("batch_num_tokens")
+            tokens = float(rollout_mask.sum()) if tokens is None else float(tokens)
+            rl_info["batch_num_tokens"] = _rl_denominator(tokens, weight_mean)
+        loss = agg_loss(loss_mat=terms.pg_losses, loss_mask=rollout_mask, loss_agg_mode=loss_agg_mode, **rl_info)
         return loss, metrics
 
     counts = _hybrid_counts(hybrid_counts, config, mask, expert_mask)
     dp_size = int(info.get("dp_size", 1) or 1)
-    rl_info = dict(
-        info, batch_num_tokens=max(counts["rollout_tokens"], 1), global_batch_size=max(counts["rollout_rows"], 1)
-    )
+    rl_tokens = max(counts["rollout_tokens"], 1)
+    if weight_mean is not None:
+        rl_tokens = _rl_denominator(float(counts["rollout_tokens"]), weight_mean)
+    rl_info = dict(info, batch_num_tokens=rl_tokens, global_batch_size=max(counts["rollout_rows"], 1))
     rl_loss = agg_loss(loss_mat=terms.pg_losses, loss_mask=rollout_mask, loss_agg_mode=loss_agg_mode, **rl_info)
 
     # L_SFT: token mean over the expert tokens of the whole mini-batch (CHORD Eq. 1 / Eq. 6), computed on the
@@ -234,6 +303,9 @@ _DOC_ARGS = """
         expert_mask: ``(B,)`` bool, expert-demonstration rows; ``None`` is pure RL.
         mu: the SFT weight of the step (required with ``expert_mask``).
         hybrid_counts: the mini-batch's ``rollout_tokens``, ``rollout_rows``, ``expert_tokens``, ``expert_rows``.
+        gate_weight_mean: ``egspo`` with ``egspo.rl_normalization=gate_weight``: the step's mean ``w_t`` over its
+            rollout tokens (:func:`step_gate_weight_mean`); the RL part's token-mean denominator becomes the
+            mini-batch's rollout tokens times it (the sum of the gate's weights when the step is one mini-batch).
 
     Keyword inputs left as ``None`` are taken from the plugin's actor loss (:mod:`verl_espo.loss_inputs`).
     Returns ``(loss, metrics)``.
@@ -255,10 +327,11 @@ def compute_policy_loss_egspo(
     expert_mask: torch.Tensor | None = None,
     mu: float | None = None,
     hybrid_counts: Mapping[str, Any] | None = None,
+    gate_weight_mean: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, Any]]:
     return _policy_loss(
         "egspo", old_log_prob, log_prob, advantages, response_mask, loss_agg_mode, config, rollout_is_weights,
-        old_entropy, entropy_threshold, expert_mask, mu, hybrid_counts,
+        old_entropy, entropy_threshold, expert_mask, mu, hybrid_counts, gate_weight_mean,
     )  # fmt: skip
 
 

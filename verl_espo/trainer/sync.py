@@ -48,6 +48,7 @@ from verl_espo.trainer.expert_data import ExpertDemonstrations, expert_row
 from verl_espo.workers.actor_loss import (
     ENTROPY_THRESHOLD_KEY,
     EXPERT_KEY,
+    GATE_WEIGHT_MEAN_KEY,
     HYBRID_COUNTS_KEY,
     MU_KEY,
     OLD_ENTROPY_KEY,
@@ -79,6 +80,13 @@ def step_threshold_ratio(policy_loss: Any) -> Optional[float]:
     if block is None or block.get(key, None) != "batch":
         return None
     return float(block.get("high_entropy_ratio", 0.2))
+
+
+def needs_gate_weight_mean(policy_loss: Any) -> bool:
+    """Whether the configured loss is EGSPO with ``egspo.rl_normalization=gate_weight``."""
+    if policy_loss.get("loss_mode", "vanilla") != "egspo":
+        return False
+    return (policy_loss.get("egspo", None) or {}).get("rl_normalization", "tokens") == "gate_weight"
 
 
 def _flat_tokens(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -255,14 +263,29 @@ class PluginTrainerMixin:
             with open_dict(actor):
                 actor.ppo_mini_batch_size = before
 
+    def _gate_weight_mean(self, data: TensorDict, expert: torch.Tensor, threshold: Optional[float]) -> float:
+        """The step's mean EGSPO gate weight over its rollout tokens, on the old policy (padded once per step)."""
+        from verl_espo.config.loss import EGSPOConfig
+        from verl_espo.losses.egspo import step_gate_weight_mean
+
+        padded = data.select("response_mask", OLD_ENTROPY_KEY, "old_log_probs").to_padded_tensor()
+        mask = padded["response_mask"].bool() & ~expert.unsqueeze(-1)
+        block = self.config.actor_rollout_ref.actor.policy_loss.egspo
+        params = EGSPOConfig(**{k: v for k, v in block.items() if k != "_target_"})
+        return step_gate_weight_mean(params, padded[OLD_ENTROPY_KEY], padded["old_log_probs"], mask, threshold)
+
     def _update_actor(self, batch: KVBatchMeta, metrics: dict):
         policy_loss = self.config.actor_rollout_ref.actor.policy_loss
         rho = step_threshold_ratio(policy_loss)
-        if rho is None and not self.hybrid:
+        by_gate_weight = needs_gate_weight_mean(policy_loss)
+        if rho is None and not self.hybrid and not by_gate_weight:
             return super()._update_actor(batch, metrics)
 
         fields = (
-            ["response_mask"] + ([OLD_ENTROPY_KEY] if rho is not None else []) + ([EXPERT_KEY] if self.hybrid else [])
+            ["response_mask"]
+            + ([OLD_ENTROPY_KEY] if rho is not None or by_gate_weight else [])
+            + (["old_log_probs"] if by_gate_weight else [])
+            + ([EXPERT_KEY] if self.hybrid else [])
         )
         data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=fields)
         expert = row_flags(data[EXPERT_KEY]) if self.hybrid else torch.zeros(len(batch), dtype=torch.bool)
@@ -279,6 +302,10 @@ class PluginTrainerMixin:
             threshold = batch_entropy_threshold(entropy, valid, rho)
             batch.extra_info[ENTROPY_THRESHOLD_KEY] = threshold
             metrics["actor/step_entropy_threshold"] = threshold
+        if by_gate_weight:
+            mean = self._gate_weight_mean(data, expert, batch.extra_info.get(ENTROPY_THRESHOLD_KEY))
+            batch.extra_info[GATE_WEIGHT_MEAN_KEY] = mean
+            metrics["actor/egspo/step_gate_weight_mean"] = mean
         if not self.hybrid:
             return super()._update_actor(batch, metrics)
 

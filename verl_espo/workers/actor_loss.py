@@ -13,6 +13,8 @@ are veRL's) inside :func:`~verl_espo.loss_inputs.policy_loss_extras`, which hand
   trainer for ESPO's ``grouping=batch`` and EGSPO's ``gate=batch``).
 * ``expert_mask``, ``mu``, ``hybrid_counts``: the expert rows of hybrid training (tensor field ``is_expert``),
   the step's SFT weight and the step's per-type counts (non-tensor data, set by the trainer).
+* ``gate_weight_mean``: the step's mean EGSPO gate weight (``egspo.rl_normalization=gate_weight``, set by the
+  trainer).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ __all__ = [
     "EXPERT_KEY",
     "MU_KEY",
     "HYBRID_COUNTS_KEY",
+    "GATE_WEIGHT_MEAN_KEY",
     "SUM_METRICS",
     "padded_old_entropy",
     "row_flags",
@@ -55,6 +58,8 @@ EXPERT_KEY = "is_expert"
 MU_KEY = "hybrid_mu"
 #: Non-tensor batch key of the step's per-type token and row counts.
 HYBRID_COUNTS_KEY = "hybrid_counts"
+#: Non-tensor batch key of the step's mean EGSPO gate weight (``egspo.rl_normalization=gate_weight``).
+GATE_WEIGHT_MEAN_KEY = "egspo_gate_weight_mean"
 #: Metrics normalised like the loss itself: summed over micro-batches and ranks, as veRL does for ``pg_loss``.
 SUM_METRICS = frozenset({"actor/hybrid/rl_loss", "actor/hybrid/sft_loss"})
 
@@ -96,6 +101,7 @@ def entropy_aware_ppo_loss(
         "expert_mask": row_flags(data[EXPERT_KEY]) if EXPERT_KEY in data.keys() else None,
         "mu": tu.get_non_tensor_data(data, MU_KEY, None),
         "hybrid_counts": tu.get_non_tensor_data(data, HYBRID_COUNTS_KEY, None),
+        "gate_weight_mean": tu.get_non_tensor_data(data, GATE_WEIGHT_MEAN_KEY, None),
     }
     with policy_loss_extras(**extras):
         loss, metrics = verl_losses.ppo_loss(config, model_output, data, dp_group)
