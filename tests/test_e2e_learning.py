@@ -90,3 +90,12 @@ def test_the_hf_rollout_follows_every_update(main_job):
     synced = re.findall(r"hf rollout: synced (\d+) tensors to replica 0 \(step (\d+)\)", log)
     assert [int(s) for _, s in synced] == list(range(0, STEPS + 1))  # initial sync + one after every step
     assert len({n for n, _ in synced}) == 1
+
+
+@pytest.mark.slow
+def test_the_first_run_check_passes_on_the_main_job(main_job):
+    """``verl_espo.first_run_check`` with its toy bounds on the same 40 steps: no second trainer run."""
+    from verl_espo.first_run_check import PROFILES, check_steps, format_checks
+
+    checks = check_steps(main_job.steps, PROFILES["toy"])
+    assert all(c.ok for c in checks), format_checks(checks)
