@@ -9,6 +9,7 @@ before running it; ``--dry-run`` only prints.
     python recipes/launch.py show RECIPE [overrides ...]            # the composed config, then the checks
     python recipes/launch.py run  RECIPE [--data-root DIR] [--out DIR] [--ray-address ADDR] [--sft]
                                   [--resume-from PATH | --no-resume] [--name NAME] [overrides ...]
+    python recipes/launch.py run  RECIPE --first-run-check [--first-run-steps 15] [--first-run-profile gpu]
     python recipes/launch.py ray-head   [--port 6379] [--block]     # multi-node: on the head node, first
     python recipes/launch.py ray-worker --address HEAD:6379 [--block]   # then on every other node
 
@@ -18,7 +19,9 @@ size), then runs ``python -m verl.trainer.main_ppo --config-path=<recipes> --con
 directory ``<out>/<project>/<experiment>/`` (Hydra config, ``metrics-NNN.jsonl``, ``checkpoints/``). Running the same
 command again resumes from the latest checkpoint there (veRL's ``resume_mode=auto``). ``--sft`` first runs EGSPO's
 stage 1 (veRL's SFT trainer, :mod:`verl_espo.stages`) once per model and starts RL from its weights.
-RECIPE is a path under ``recipes/`` without ``.yaml``, e.g. ``espo/qwen3_1.7b_base``.
+RECIPE is a path under ``recipes/`` without ``.yaml``, e.g. ``espo/qwen3_1.7b_base``. ``run --first-run-check`` runs
+the recipe for a few steps (no validation, no checkpoints, never resuming) as ``<experiment>-first-run`` and then
+checks its metrics against :mod:`verl_espo.first_run_check`'s bounds, printing each figure against its bound.
 """
 
 from __future__ import annotations
@@ -49,6 +52,8 @@ _NAME_NEUTRAL = (
 )  # fmt: skip
 #: Reserved: set by the launcher itself.
 _LAUNCHER_KEYS = ("trainer.default_local_dir", "hydra.run.dir")
+#: ``run --first-run-check``: a short run with neither validation nor checkpoints (the steps come from the flag).
+FIRST_RUN_OVERRIDES = ("trainer.val_before_train=false", "trainer.test_freq=-1", "trainer.save_freq=-1")
 
 __all__ = [
     "RECIPES_DIR",
@@ -59,6 +64,8 @@ __all__ = [
     "check_recipe",
     "data_command",
     "plan_run",
+    "first_run_plan",
+    "check_first_run",
     "main",
 ]
 
@@ -444,6 +451,30 @@ def run(
     return _execute(command, plan.env, timeout_s)
 
 
+def first_run_plan(recipe: str, overrides: Sequence[str], steps: int, **kwargs: Any) -> Plan:
+    """The plan of ``run --first-run-check``: the recipe for ``steps`` steps, no validation, no checkpoints, never
+    resuming, in its own run directory ``<experiment>-first-run`` (``--name`` replaces ``<experiment>``)."""
+    if not 1 <= steps <= 100:
+        raise ValueError(f"--first-run-steps must be in [1, 100], got {steps}")
+    overrides = [*overrides, f"trainer.total_training_steps={steps}", *FIRST_RUN_OVERRIDES]
+    name = kwargs.pop("name", None)
+    if name is None:  # the recipe's own experiment name, as a normal run of the same overrides would get it
+        name = plan_run(recipe, overrides, **{**kwargs, "check": False}).run_dir.name
+    kwargs["no_resume"] = True
+    return plan_run(recipe, overrides, name=f"{name}-first-run", **kwargs)
+
+
+def check_first_run(plan: Plan, profile: str) -> int:
+    """Check the metrics this plan's run wrote against the profile's bounds; 0 if every check passed, else 1."""
+    from verl_espo.first_run_check import PROFILES, check_steps, format_checks, read_steps
+
+    metrics = Path(plan.env["VERL_FILE_LOGGER_PATH"])
+    checks = check_steps(read_steps(metrics), PROFILES[profile])
+    print(f"[launch] first-run check of {metrics} ({profile} bounds):")
+    print(format_checks(checks))
+    return 0 if all(c.ok for c in checks) else 1
+
+
 def _ray_start(args: argparse.Namespace, head: bool) -> int:
     ray = str(Path(sys.executable).with_name("ray"))
     command = [ray if Path(ray).exists() else "ray", "start"]
@@ -504,6 +535,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p_run.add_argument("--resume-from", default=None, help="a global_step_N checkpoint directory to resume from")
     p_run.add_argument("--no-resume", action="store_true", help="start afresh even if checkpoints exist")
     p_run.add_argument("--no-check", action="store_true", help="skip the config checks")
+    first = "a short first run (<experiment>-first-run), then sanity checks of its metrics"
+    p_run.add_argument("--first-run-check", action="store_true", help=first)
+    p_run.add_argument("--first-run-steps", type=int, default=15, help="--first-run-check: steps (default 15)")
+    profiles = "--first-run-check: the bounds (verl_espo.first_run_check.PROFILES; default gpu)"
+    p_run.add_argument("--first-run-profile", default="gpu", choices=("gpu", "toy"), help=profiles)
     for name, head in (("ray-head", True), ("ray-worker", False)):
         p = sub.add_parser(name, help=f"start a Ray {'head' if head else 'worker'} with the plugin's environment")
         if head:
@@ -538,15 +574,26 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             check_recipe(cfg)
             print("[launch] checks passed: veRL validate_config, verl_espo check_trainer_config, scale")
             return 0
-        plan = plan_run(
-            args.recipe, overrides, data_root=data_root, out=args.out, name=args.name, ray_address=args.ray_address,
-            sft=args.sft, sft_step=args.sft_step, sft_overrides=args.sft_override, resume_from=args.resume_from,
-            no_resume=args.no_resume, check=not args.no_check,
+        common = dict(
+            data_root=data_root, out=args.out, name=args.name, ray_address=args.ray_address, sft=args.sft,
+            sft_step=args.sft_step, sft_overrides=args.sft_override,
         )  # fmt: skip
+        if args.first_run_check:
+            if args.resume_from:
+                raise ValueError("--first-run-check starts afresh; drop --resume-from")
+            plan = first_run_plan(args.recipe, overrides, args.first_run_steps, **common, check=not args.no_check)
+        else:
+            plan = plan_run(
+                args.recipe, overrides, **common, resume_from=args.resume_from, no_resume=args.no_resume,
+                check=not args.no_check,
+            )  # fmt: skip
     except ValueError as error:
         print(f"[launch] {error}", file=sys.stderr)
         return 2
-    return run(plan, dry_run=args.dry_run, sft_step=args.sft_step, ray_address=args.ray_address, wait_s=args.wait)
+    rc = run(plan, dry_run=args.dry_run, sft_step=args.sft_step, ray_address=args.ray_address, wait_s=args.wait)
+    if args.first_run_check and not args.dry_run and rc == 0:
+        return check_first_run(plan, args.first_run_profile)
+    return rc
 
 
 if __name__ == "__main__":
