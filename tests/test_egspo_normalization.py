@@ -221,3 +221,36 @@ def test_yaml_dataclass_trainer_and_docs_agree():
         if name != "_target_":
             assert re.search(rf"^\| `{name}` \| `{getattr(EGSPOConfig(), name)}`".replace("`None`", "`null`"),
                              table, re.M), name  # fmt: skip
+
+
+@pytest.mark.parametrize("gate", ["batch", "sequence"])
+def test_the_trainer_computes_the_step_mean_from_its_nested_batch(gate):
+    """``PluginTrainerMixin._gate_weight_mean`` on the step's fields in the nested layout the trainer reads them in
+    (expert rows left out, a zero in a response mask), against the reference's own weights."""
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+    from verl.utils import tensordict_utils as tu
+
+    from verl_espo.trainer.sync import PluginTrainerMixin
+
+    batch = make_batch(seed=23, lengths=SPLIT_LENGTHS, scale=1.0)
+    # the trainer holds float32 fields: round once, so that both sides (and the batch threshold) see the same values
+    batch = {k: v.float().double() if v.is_floating_point() else v for k, v in batch.items()}
+    mask = batch["response_mask"].clone()
+    mask[2, 4] = False  # a masked token inside a response
+    expert = torch.tensor(SPLIT_EXPERT)
+    rows = []
+    for i in range(mask.shape[0]):
+        n = max(int(batch["response_mask"][i].sum()), 1)  # the trainer's rows hold at least one token
+        rows.append({"response_mask": mask[i, :n].long(), "entropy": batch["old_entropy"][i, :n].float(),
+                     "old_log_probs": batch["old_log_prob"][i, :n].float()})  # fmt: skip
+    data = tu.list_of_dict_to_tensordict(rows)
+    egspo, gate_kw, gate_ref = gate_inputs(gate, {**batch, "response_mask": mask}, expert)
+    block = {"_target_": "verl_espo.config.EGSPOConfig", **egspo, "rl_normalization": "gate_weight"}
+    trainer = SimpleNamespace(
+        config=OmegaConf.create({"actor_rollout_ref": {"actor": {"policy_loss": {"egspo": block}}}})
+    )
+    got = PluginTrainerMixin._gate_weight_mean(trainer, data, expert, gate_kw.get("entropy_threshold"))
+    w_sum, n = reference_weight_stats({**batch, "response_mask": mask}, gate_ref, expert)
+    assert got == pytest.approx(w_sum / n, rel=1e-12)
