@@ -14,8 +14,8 @@ from hydra.errors import ConfigCompositionException, InstantiationException
 from omegaconf import OmegaConf, open_dict
 from verl.utils.config import omega_conf_to_dataclass
 
-from verl_espo.config import ESPOConfig, ESPOPolicyLossConfig
-from verl_espo.trainer.espo_sync import check_trainer_config
+from verl_espo.config import ESPOConfig, PluginPolicyLossConfig
+from verl_espo.trainer.checks import check_trainer_config
 
 
 def compose_espo(*overrides: str):
@@ -37,7 +37,7 @@ def test_espo_trainer_composes_on_top_of_ppo_trainer():
     assert cfg.actor_rollout_ref.actor.policy_loss.loss_mode == "espo"
     assert "critic" in cfg and "data" in cfg  # the rest of veRL's ppo_trainer is there
     actor = actor_dataclass(cfg)
-    assert isinstance(actor.policy_loss, ESPOPolicyLossConfig)
+    assert isinstance(actor.policy_loss, PluginPolicyLossConfig)
     assert actor.policy_loss.espo == ESPOConfig()  # the YAML states the dataclass defaults
 
 
@@ -94,11 +94,11 @@ def test_unknown_keys_fail_at_config_time():
 
 
 def test_block_without_target_is_coerced_and_checked():
-    assert ESPOPolicyLossConfig(espo={"alpha": 0.5}).espo.alpha == 0.5
+    assert PluginPolicyLossConfig(espo={"alpha": 0.5}).espo.alpha == 0.5
     with pytest.raises(ValueError, match=r"Unknown key\(s\) \['nope'\] in actor_rollout_ref.actor.policy_loss.espo"):
-        ESPOPolicyLossConfig(espo={"nope": 1})
+        PluginPolicyLossConfig(espo={"nope": 1})
     with pytest.raises(ValueError, match="alpha must be > 0"):
-        ESPOPolicyLossConfig(espo={"alpha": 0})
+        PluginPolicyLossConfig(espo={"alpha": 0})
     cfg = compose_espo()
     with open_dict(cfg):
         del cfg.actor_rollout_ref.actor.policy_loss.espo["_target_"]

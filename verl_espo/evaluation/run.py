@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from verl_espo.evaluation.data import write_eval_data
-from verl_espo.evaluation.protocol import Benchmark, Sampling, checkpoint_name
+from verl_espo.evaluation.protocol import EvalSet, Sampling, checkpoint_name
 from verl_espo.evaluation.results import benchmark_result, collect_samples, read_generations, write_results
 from verl_espo.launch import cpu_trainer_env, follow, merged_steps, tail
 
@@ -139,7 +139,7 @@ def _verl_version() -> str:
 
 def evaluate_checkpoint(
     model: str | Path,
-    benchmarks: Sequence[Benchmark],
+    benchmarks: Sequence[EvalSet],
     out_root: str | Path,
     sampling: Sampling | None = None,
     *,
