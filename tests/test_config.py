@@ -14,6 +14,7 @@ from hydra.errors import ConfigCompositionException, InstantiationException
 from omegaconf import OmegaConf, open_dict
 from verl.utils.config import omega_conf_to_dataclass
 
+from verl_espo import runner
 from verl_espo.config import ESPOConfig, PluginPolicyLossConfig
 from verl_espo.trainer.checks import check_trainer_config
 
@@ -130,7 +131,7 @@ def test_trainer_requires_the_plugin_loss_config():
         check_trainer_config(cfg)
 
 
-def test_stock_cli_rejects_bad_values_before_starting_ray():
+def test_stock_cli_rejects_bad_values_before_starting_ray(tmp_path):
     """`python -m verl.trainer.main_ppo` fails in its config validation, with the key in the message."""
     cmd = [
         sys.executable,
@@ -145,10 +146,11 @@ def test_stock_cli_rejects_bad_values_before_starting_ray():
         "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=1",
         "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=1",
     ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "RAY_ADDRESS": ""})
-    assert proc.returncode != 0
-    assert "actor_rollout_ref.actor.policy_loss.espo.alpha must be > 0, got -1" in proc.stderr + proc.stdout
-    assert "ray init kwargs" not in proc.stdout
+    rc, _ = runner.run(cmd, runner.trainer_env(extra={"RAY_ADDRESS": ""}), log=tmp_path / "log", timeout_s=300)
+    output = (tmp_path / "log").read_text()
+    assert rc not in (0, runner.TIMEOUT_RETURNCODE), output[-3000:]
+    assert "actor_rollout_ref.actor.policy_loss.espo.alpha must be > 0, got -1" in output
+    assert "ray init kwargs" not in output
 
 
 def test_gpu_example_composes(tmp_path):
