@@ -85,3 +85,31 @@ def test_trainer_env(tmp_path, monkeypatch):
     assert "VERL_PLATFORM" not in runner.trainer_env()  # GPUs: veRL detects the platform itself
     assert json.dumps(env)  # plain strings only
     assert Path(env["VERL_FILE_LOGGER_PATH"]).name == "m.jsonl"
+
+
+def test_sft_then_rl_chain(tmp_path):
+    """``stages.run_chain`` (the stages CLI and the recipes' ``--sft``): stage 1, then RL from the weights it saved;
+    a failed stage 1 starts no RL."""
+    from verl_espo.stages import run_chain
+
+    sft_dir, seen = tmp_path / "sft", tmp_path / "rl_model.txt"
+    save = (
+        "import pathlib, sys\n"
+        f"hf = pathlib.Path({str(sft_dir)!r}) / 'global_step_3' / 'huggingface'\n"
+        "hf.mkdir(parents=True)\n"
+        "for name in ('config.json', 'model.safetensors', 'tokenizer_config.json'):\n"
+        "    (hf / name).write_text('{}')\n"
+        f"(pathlib.Path({str(sft_dir)!r}) / 'latest_checkpointed_iteration.txt').write_text('3')\n"
+    )
+    done: list[bool] = []
+
+    def rl(weights: Path) -> list[str]:
+        return [sys.executable, "-c", f"open({str(seen)!r}, 'w').write({str(weights)!r})"]
+
+    rc = run_chain([sys.executable, "-c", save], sft_dir, rl, on_sft_done=lambda: done.append(True), say=print)
+    assert rc == 0 and done == [True]
+    assert seen.read_text() == str(sft_dir / "global_step_3" / "huggingface")
+
+    seen.unlink()
+    assert run_chain([sys.executable, "-c", "raise SystemExit(7)"], sft_dir, rl, say=print) == 7
+    assert not seen.exists()
