@@ -22,7 +22,7 @@ from loss_timing import cuda_peak_extra, device_label, make_batch, round_robin
 def actor_config(loss_mode: str, loss_agg_mode: str, vocab_size: int, grouping: str = "sequence"):
     from verl.workers.config import FSDPActorConfig
 
-    from verl_espo.config import ESPOConfig, ESPOPolicyLossConfig
+    from verl_espo.config import ESPOConfig, PluginPolicyLossConfig
 
     return FSDPActorConfig(
         strategy="fsdp2",
@@ -31,7 +31,7 @@ def actor_config(loss_mode: str, loss_agg_mode: str, vocab_size: int, grouping: 
         loss_agg_mode=loss_agg_mode,
         clip_ratio_low=3e-4 if loss_mode == "gspo" else 0.2,
         clip_ratio_high=4e-4 if loss_mode == "gspo" else 0.28,
-        policy_loss=ESPOPolicyLossConfig(
+        policy_loss=PluginPolicyLossConfig(
             loss_mode=loss_mode, espo=ESPOConfig(vocab_size=vocab_size, grouping=grouping)
         ),
     )

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
-import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -361,26 +360,11 @@ def _show(command: Sequence[str], env: Mapping[str, str], label: str) -> None:
 
 
 def _execute(command: Sequence[str], env: Mapping[str, str], timeout_s: Optional[float] = None) -> int:
-    """Run ``command`` with ``env`` added to this environment; past ``timeout_s`` stop its whole process group (the
-    trainer's Ray processes included) and return 124."""
-    import signal
+    """Run ``command`` with ``env`` added to this environment (:func:`verl_espo.runner.run`): past ``timeout_s`` its
+    whole process group (the trainer's Ray processes included) is stopped and the exit code is 124."""
+    from verl_espo import runner
 
-    proc = subprocess.Popen(list(command), env={**os.environ, **env}, start_new_session=timeout_s is not None)
-    try:
-        return proc.wait(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            try:
-                os.killpg(proc.pid, sig)
-                proc.wait(timeout=20)
-                break
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                continue
-        return 124
-    except BaseException:
-        proc.kill()
-        proc.wait()
-        raise
+    return runner.run(command, {**os.environ, **env}, timeout_s=timeout_s)[0]
 
 
 def _wait_for_gpus(address: str, needed: int, timeout_s: float) -> float:
@@ -428,27 +412,28 @@ def run(
                 "start the workers (recipes/launch.py ray-worker) or raise --wait"
             )
             return 2
-    command = list(plan.command)
-    if plan.sft_dir is not None:
-        from verl_espo import stages
 
-        if plan.sft_command is not None:
-            rc = _execute(plan.sft_command, PLUGIN_ENV, timeout_s)
-            if rc != 0:
-                print(f"[launch] stage 1 failed (exit code {rc}); not starting RL")
-                return rc
-            (plan.sft_dir / SFT_DONE).write_text("stage 1 finished\n")
-        model_key = "actor_rollout_ref.model.path="
-        placeholder = next(a for a in command if a.startswith(model_key) and "global_step_" in a)
-        weights = stages.find_hf_weights(plan.sft_dir, sft_step)
-        if plan.base_model and stages.ensure_tokenizer(weights, plan.base_model):
-            print(f"[launch] copied {plan.base_model}'s tokenizer into {weights}")
-        index = command.index(placeholder)
-        command[index] = f"{model_key}{weights}"
-        print(f"[launch] RL starts from the SFT weights {weights}")
-    plan.run_dir.mkdir(parents=True, exist_ok=True)
-    (plan.run_dir / "command.txt").write_text(shlex.join(command) + "\n")
-    return _execute(command, plan.env, timeout_s)
+    def trainer_command(weights: Optional[Path] = None) -> list[str]:
+        """The trainer's command (starting from the SFT ``weights`` if given), recorded in the run directory."""
+        command = list(plan.command)
+        if weights is not None:
+            model_key = "actor_rollout_ref.model.path="
+            placeholder = next(a for a in command if a.startswith(model_key) and "global_step_" in a)
+            command[command.index(placeholder)] = f"{model_key}{weights}"
+        plan.run_dir.mkdir(parents=True, exist_ok=True)
+        (plan.run_dir / "command.txt").write_text(shlex.join(command) + "\n")
+        return command
+
+    if plan.sft_dir is None:
+        return _execute(trainer_command(), plan.env, timeout_s)
+    from verl_espo import stages
+
+    sft_dir = plan.sft_dir
+    return stages.run_chain(
+        plan.sft_command, sft_dir, trainer_command, base_model=plan.base_model, sft_step=sft_step,
+        env=PLUGIN_ENV, rl_env=plan.env, timeout_s=timeout_s, prefix="[launch]",
+        on_sft_done=lambda: (sft_dir / SFT_DONE).write_text("stage 1 finished\n"),
+    )  # fmt: skip
 
 
 def first_run_plan(recipe: str, overrides: Sequence[str], steps: int, **kwargs: Any) -> Plan:

@@ -15,7 +15,7 @@ def make_actor_config(loss_mode="espo", clip_ratio_low=0.2, clip_ratio_high=0.28
     import verl  # noqa: F401  (loads the plugin)
     from verl.workers.config import FSDPActorConfig
 
-    from verl_espo.config import ESPOConfig, ESPOPolicyLossConfig
+    from verl_espo.config import ESPOConfig, PluginPolicyLossConfig
 
     espo.setdefault("vocab_size", 100)
     return FSDPActorConfig(
@@ -25,7 +25,7 @@ def make_actor_config(loss_mode="espo", clip_ratio_low=0.2, clip_ratio_high=0.28
         clip_ratio_low=clip_ratio_low,
         clip_ratio_high=clip_ratio_high,
         loss_agg_mode=loss_agg_mode,
-        policy_loss=ESPOPolicyLossConfig(loss_mode=loss_mode, espo=ESPOConfig(**espo)),
+        policy_loss=PluginPolicyLossConfig(loss_mode=loss_mode, espo=ESPOConfig(**espo)),
     )
 
 

@@ -2,7 +2,7 @@
 
 Every case runs in ``tests/integration/actor_step.py`` under one ``torchrun`` per world size: for each case the
 plugin's Hydra config is instantiated, ``ActorRolloutRefWorker`` builds the FSDP2 engine, the loss is installed with
-``set_loss_fn`` as the ``espo_sync`` trainer installs it, ``compute_log_prob`` yields the old log-probs
+``set_loss_fn`` as the ``plugin_sync`` trainer installs it, ``compute_log_prob`` yields the old log-probs
 and entropy, and ``update_actor`` trains on the ESPO loss.
 """
 

@@ -14,8 +14,9 @@ from hydra.errors import ConfigCompositionException, InstantiationException
 from omegaconf import OmegaConf, open_dict
 from verl.utils.config import omega_conf_to_dataclass
 
-from verl_espo.config import ESPOConfig, ESPOPolicyLossConfig
-from verl_espo.trainer.espo_sync import check_trainer_config
+from verl_espo import runner
+from verl_espo.config import ESPOConfig, PluginPolicyLossConfig
+from verl_espo.trainer.checks import check_trainer_config
 
 
 def compose_espo(*overrides: str):
@@ -37,7 +38,7 @@ def test_espo_trainer_composes_on_top_of_ppo_trainer():
     assert cfg.actor_rollout_ref.actor.policy_loss.loss_mode == "espo"
     assert "critic" in cfg and "data" in cfg  # the rest of veRL's ppo_trainer is there
     actor = actor_dataclass(cfg)
-    assert isinstance(actor.policy_loss, ESPOPolicyLossConfig)
+    assert isinstance(actor.policy_loss, PluginPolicyLossConfig)
     assert actor.policy_loss.espo == ESPOConfig()  # the YAML states the dataclass defaults
 
 
@@ -94,11 +95,11 @@ def test_unknown_keys_fail_at_config_time():
 
 
 def test_block_without_target_is_coerced_and_checked():
-    assert ESPOPolicyLossConfig(espo={"alpha": 0.5}).espo.alpha == 0.5
+    assert PluginPolicyLossConfig(espo={"alpha": 0.5}).espo.alpha == 0.5
     with pytest.raises(ValueError, match=r"Unknown key\(s\) \['nope'\] in actor_rollout_ref.actor.policy_loss.espo"):
-        ESPOPolicyLossConfig(espo={"nope": 1})
+        PluginPolicyLossConfig(espo={"nope": 1})
     with pytest.raises(ValueError, match="alpha must be > 0"):
-        ESPOPolicyLossConfig(espo={"alpha": 0})
+        PluginPolicyLossConfig(espo={"alpha": 0})
     cfg = compose_espo()
     with open_dict(cfg):
         del cfg.actor_rollout_ref.actor.policy_loss.espo["_target_"]
@@ -130,7 +131,7 @@ def test_trainer_requires_the_plugin_loss_config():
         check_trainer_config(cfg)
 
 
-def test_stock_cli_rejects_bad_values_before_starting_ray():
+def test_stock_cli_rejects_bad_values_before_starting_ray(tmp_path):
     """`python -m verl.trainer.main_ppo` fails in its config validation, with the key in the message."""
     cmd = [
         sys.executable,
@@ -145,10 +146,11 @@ def test_stock_cli_rejects_bad_values_before_starting_ray():
         "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=1",
         "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=1",
     ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "RAY_ADDRESS": ""})
-    assert proc.returncode != 0
-    assert "actor_rollout_ref.actor.policy_loss.espo.alpha must be > 0, got -1" in proc.stderr + proc.stdout
-    assert "ray init kwargs" not in proc.stdout
+    rc, _ = runner.run(cmd, runner.trainer_env(extra={"RAY_ADDRESS": ""}), log=tmp_path / "log", timeout_s=300)
+    output = (tmp_path / "log").read_text()
+    assert rc not in (0, runner.TIMEOUT_RETURNCODE), output[-3000:]
+    assert "actor_rollout_ref.actor.policy_loss.espo.alpha must be > 0, got -1" in output
+    assert "ray init kwargs" not in output
 
 
 def test_gpu_example_composes(tmp_path):

@@ -34,8 +34,7 @@ def _main_job_output(steps: int):
     """The README's main job (``python -m verl_espo.smoke espo``, run from the repository root as README command 1
     and CI run it) if it ran with no override after the last change to the package: the same run this test would
     make, so its result is checked instead of training the same 40 steps a second time. Otherwise None."""
-    from verl_espo.launch import merged_steps
-    from verl_espo.report.runs import read_file_logger
+    from verl_espo.runner import read_steps
 
     root = Path(__file__).resolve().parents[1]
     sources = [p for pattern in ("*.py", "*.yaml") for p in (root / "verl_espo").rglob(pattern)]
@@ -48,7 +47,7 @@ def _main_job_output(steps: int):
         overrides = [a for a in args[args.index("--config-name=espo_smoke") + 1 :] if not a.startswith(
             ("actor_rollout_ref.model.path=", "data.train_files=", "data.val_files=", "trainer.logger=",
              "trainer.default_local_dir=", "hydra.run.dir="))]  # fmt: skip
-        records = merged_steps(read_file_logger(out / "metrics.jsonl")[0])
+        records = read_steps(out / "metrics.jsonl")
         done = json.loads(summary.read_text())
         if overrides == [f"trainer.total_training_steps={steps}"] and done.get("returncode") == 0:
             return types.SimpleNamespace(ok=True, out_dir=str(out), steps=records, summary=done)

@@ -116,15 +116,6 @@ def test_hybrid_settings_are_checked_before_workers_start():
         check_trainer_config(_hybrid("egspo_trainer", "+data.expert.bogus=1"))
 
 
-def test_espo_name_of_the_config_class_and_trainer_still_work():
-    from verl.trainer.ppo.v1 import get_trainer_cls
-
-    from verl_espo.config import ESPOPolicyLossConfig
-
-    assert ESPOPolicyLossConfig is PluginPolicyLossConfig
-    assert get_trainer_cls("espo_sync") is get_trainer_cls("plugin_sync")
-
-
 @pytest.mark.parametrize("name", ["espo_trainer", "egspo_trainer"])
 @pytest.mark.parametrize(
     "override,message",
@@ -145,8 +136,6 @@ def test_settings_that_drop_the_old_entropy_fail_at_config_time(name, override, 
     assert message in str(info.value)
 
 
-def test_chord_without_expert_rows_runs_on_any_trainer_and_the_old_trainer_name_is_accepted():
+def test_chord_without_expert_rows_runs_on_any_trainer():
     cfg = compose_cfg("chord_trainer", "trainer.v1.trainer_mode=sync")
     assert omega_conf_to_dataclass(cfg.actor_rollout_ref.actor).policy_loss.loss_mode == "chord"
-    cfg = compose_cfg("espo_trainer", "trainer.v1.trainer_mode=espo_sync")
-    assert omega_conf_to_dataclass(cfg.actor_rollout_ref.actor).policy_loss.run_trainer_mode == "espo_sync"

@@ -15,7 +15,7 @@ from verl_espo.evaluate import parse_args
 from verl_espo.evaluation.data import ROLLOUT_N_KEY, write_eval_data
 from verl_espo.evaluation.protocol import (
     PAPER_N,
-    Benchmark,
+    EvalSet,
     Sampling,
     checkpoint_name,
     parse_benchmarks,
@@ -76,7 +76,7 @@ def test_parse_n():
     with pytest.raises(ValueError, match="not N or NAME=N"):
         parse_n("aime2024=many", FIVE)
     with pytest.raises(ValueError, match="at least one sample"):
-        Benchmark("aime2024", None, 0)
+        EvalSet("aime2024", None, 0)
 
 
 @pytest.mark.parametrize(
@@ -97,9 +97,9 @@ def test_parse_benchmarks(data_dir, tmp_path):
     own = write_rows(tmp_path / "own.parquet", make_rows(sample_problems(2, 9), "test"))
     got = parse_benchmarks(f"aime2024,mine={own},toy_arithmetic", data_dir, "mine=2")
     assert got == [
-        Benchmark("aime2024", data_dir / "aime2024" / "test.parquet", 32),
-        Benchmark("mine", own, 2),
-        Benchmark("toy_arithmetic", None, 4),
+        EvalSet("aime2024", data_dir / "aime2024" / "test.parquet", 32),
+        EvalSet("mine", own, 2),
+        EvalSet("toy_arithmetic", None, 4),
     ]
     with pytest.raises(ValueError, match="pass --data-dir DIR"):
         parse_benchmarks("aime2024", None)
@@ -195,8 +195,8 @@ def test_eval_data_merges_benchmarks_with_different_schemas(tmp_path):
         row["extra_info"].update(id=60 + i)
     for row in b:
         row["extra_info"].update(subject="Algebra", level=3, index=row["extra_info"]["index"] + 10)
-    benches = [Benchmark("a", write_rows(tmp_path / "a.parquet", a), 32),
-               Benchmark("b", write_rows(tmp_path / "b.parquet", b), 1)]  # fmt: skip
+    benches = [EvalSet("a", write_rows(tmp_path / "a.parquet", a), 32),
+               EvalSet("b", write_rows(tmp_path / "b.parquet", b), 1)]  # fmt: skip
     written = write_eval_data(benches, tmp_path / "eval.parquet")
     assert {k: (v.num_problems, v.data_sources) for k, v in written.items()} == {
         "a": (2, ("toy_arithmetic",)),
@@ -220,7 +220,7 @@ def test_eval_data_merges_benchmarks_with_different_schemas(tmp_path):
 def test_eval_data_rejects_non_verl_rows(tmp_path):
     path = write_rows(tmp_path / "bad.parquet", [{"question": "1+1", "answer": "2"}])
     with pytest.raises(ValueError, match=r"lacks \['data_source', 'prompt', 'reward_model'\]"):
-        write_eval_data([Benchmark("bad", path, 1)], tmp_path / "eval.parquet")
+        write_eval_data([EvalSet("bad", path, 1)], tmp_path / "eval.parquet")
 
 
 def test_reward_tags_the_math_reward():
@@ -244,7 +244,7 @@ def test_results_from_dump_against_hand_computed_values():
     records = [record("a", 0, True), record("b", 2, True), record("a", 1, False), record("a", 0, False),
                record("b", 0, True), record("a", 0, True), record("b", 1, False), record("a", 1, False),
                record("b", 3, True)]  # fmt: skip
-    samples = collect_samples(records, [Benchmark("a", None, 3), Benchmark("b", None, 1)], {"a": 2, "b": 4})
+    samples = collect_samples(records, [EvalSet("a", None, 3), EvalSet("b", None, 1)], {"a": 2, "b": 4})
     assert samples["a"].correct == [[1.0, 0.0, 1.0], [0.0, 0.0, 0.0]] and samples["a"].missing_samples == 1
     a = benchmark_result(samples["a"])
     # per problem 2/3 and 0: mean 1/3, sample s.d. sqrt(2)/3, s.e. 1/3; pass@2: 1 - C(1,2)/C(3,2) = 1 and 0
@@ -264,22 +264,22 @@ def test_results_from_dump_against_hand_computed_values():
 
 
 def test_single_problem_and_non_binary_scores():
-    one = benchmark_result(collect_samples([record("a", 0, True)], [Benchmark("a", None, 1)], {"a": 1})["a"])
+    one = benchmark_result(collect_samples([record("a", 0, True)], [EvalSet("a", None, 1)], {"a": 1})["a"])
     assert one["mean"] == 1.0 and one["stderr"] is None  # nan in JSON would be invalid
     graded = [{**record("a", 0, True), "acc": None, "score": 0.5}, {**record("a", 1, True), "acc": None}]
-    result = benchmark_result(collect_samples(graded, [Benchmark("a", None, 1)], {"a": 2})["a"])
+    result = benchmark_result(collect_samples(graded, [EvalSet("a", None, 1)], {"a": 2})["a"])
     assert result["mean"] == 0.75 and result["pass_at_k"] == {}  # pass@k needs binary correctness
 
 
 def test_collect_samples_errors():
     with pytest.raises(ValueError, match="expected n=1"):
-        collect_samples([record("a", 0, True)] * 2, [Benchmark("a", None, 1)], {"a": 1})
+        collect_samples([record("a", 0, True)] * 2, [EvalSet("a", None, 1)], {"a": 1})
     with pytest.raises(ValueError, match="pkg://verl_espo.evaluation.reward"):
-        collect_samples([{"acc": True}], [Benchmark("a", None, 1)], {"a": 1})
+        collect_samples([{"acc": True}], [EvalSet("a", None, 1)], {"a": 1})
     with pytest.raises(ValueError, match="'z', which is not being evaluated"):
-        collect_samples([record("z", 0, True)], [Benchmark("a", None, 1)], {"a": 1})
+        collect_samples([record("z", 0, True)], [EvalSet("a", None, 1)], {"a": 1})
     with pytest.raises(ValueError, match=r"rows \[5\] beyond its 1 problems"):
-        collect_samples([record("a", 5, True)], [Benchmark("a", None, 1)], {"a": 1})
+        collect_samples([record("a", 5, True)], [EvalSet("a", None, 1)], {"a": 1})
 
 
 def test_markdown_table():

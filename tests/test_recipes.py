@@ -13,7 +13,6 @@ import copy
 import importlib
 import importlib.util
 import io
-import json
 import math
 import sys
 from functools import lru_cache
@@ -23,6 +22,8 @@ from pathlib import Path
 import pytest
 import yaml
 from omegaconf import OmegaConf
+
+from verl_espo.runner import read_steps
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = REPO / "recipes"
@@ -551,10 +552,7 @@ def test_cpu_toy_run_of_a_recipe(tmp_path, monkeypatch):
     )  # fmt: skip
     assert plan.env["VERL_PLATFORM"] == "cpu"
     assert launch.run(plan, dry_run=False, timeout_s=240) == 0, (plan.run_dir / "command.txt").read_text()
-    records = [json.loads(line) for line in (plan.run_dir / "metrics-000.jsonl").read_text().splitlines()]
-    steps: dict[int, dict] = {}
-    for record in records:
-        steps.setdefault(record["step"], {}).update(record["data"])
+    steps = {s["step"]: s for s in read_steps(plan.run_dir / "metrics-000.jsonl")}
     assert {1, 2} <= set(steps)
     assert all("critic/score/mean" in steps[s] and "actor/espo/high/token_frac" in steps[s] for s in (1, 2))
     val = {k for k in steps[2] if k.startswith("val-core/")}

@@ -137,7 +137,7 @@ def test_import_verl_registers_every_piece(scenario):
     assert found["platform"] == ["cpu"]
     assert "espo" in found["losses"]
     assert found["rollout"] == ["hf"]
-    assert "espo_sync" in found["trainer"]
+    assert "plugin_sync" in found["trainer"]
 
 
 def test_broken_platform_and_trainer_leave_the_losses_and_rollout_registered(scenario):
@@ -164,7 +164,7 @@ def test_broken_rollout_registry_and_loss_registry_leave_the_platform_and_traine
     assert found["failed"] == ["losses", "rollout"]
     assert found["platform"] == ["cpu"]
     assert found["losses"] == [] and found["rollout"] == []
-    assert "plugin_sync" in found["trainer"] and "espo_sync" in found["trainer"]
+    assert "plugin_sync" in found["trainer"]
     errors = error_lines(proc.stderr)
     for piece, missing in (("losses", "register_policy_loss"), ("rollout", "_ROLLOUT_REGISTRY")):
         (line,) = [e for e in errors if f"the '{piece}' piece" in e]
@@ -177,7 +177,7 @@ def test_importing_the_config_classes_first_registers_every_piece(scenario):
     proc = scenario("config_first")
     found = registered(proc)
     assert found["failed"] == [] and not error_lines(proc.stderr), proc.stderr[-3000:]
-    assert "espo" in found["losses"] and "espo_sync" in found["trainer"]
+    assert "espo" in found["losses"] and "plugin_sync" in found["trainer"]
 
 
 def test_disabling_plugins_leaves_verl_stock(scenario):

@@ -24,7 +24,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from verl_espo.evaluation.protocol import PAPER_N, Benchmark, Sampling, parse_benchmarks
+from verl_espo.evaluation.protocol import PAPER_N, EvalSet, Sampling, parse_benchmarks
 
 __all__ = ["DEFAULT_BENCHMARKS", "build_parser", "parse_args", "main"]
 
@@ -90,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, list[Benchmark], Sampling, list[str]]:
+def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, list[EvalSet], Sampling, list[str]]:
     """Options, benchmarks, sampling settings and Hydra overrides; a usage error (exit 2) names a bad option."""
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)

@@ -21,14 +21,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from verl_espo.launch import cpu_trainer_env, fmt_value, follow, merged_steps, tail
+from verl_espo import runner
+from verl_espo.runner import fmt_value, merged_steps, tail
 from verl_espo.toy.assets import build_assets
 from verl_espo.toy.task import write_dataset, write_expert_dataset
 
@@ -136,15 +136,10 @@ def run_smoke(
     say(f"[smoke] {algo}: {steps} steps of veRL's main_ppo; trainer log: {out / 'train.log'}")
 
     launched = time.time()
-    deadline = start + timeout_s if timeout_s is not None else None
-    with open(out / "train.log", "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=cpu_trainer_env(out), cwd=out)
-        try:
-            returncode, records = follow(proc, metrics, say, deadline)
-        except BaseException:
-            proc.kill()
-            proc.wait()
-            raise
+    returncode, records = runner.run(
+        cmd, runner.trainer_env(metrics, cpu=True), log=out / "train.log", cwd=out, metrics=metrics, say=say,
+        timeout_s=None if timeout_s is None else max(start + timeout_s - launched, 0.0),
+    )  # fmt: skip
     merged = merged_steps(records)
     summary = summarise(algo, merged, returncode, wall_s=time.time() - start, trainer_s=time.time() - launched)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -27,15 +27,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
-import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
+
+from verl_espo import runner
 
 __all__ = [
     "SFT_CONFIG",
@@ -50,6 +50,7 @@ __all__ = [
     "read_sft_losses",
     "run_cpu_sft",
     "run_cpu_smoke",
+    "run_chain",
     "main",
 ]
 
@@ -176,17 +177,8 @@ def ensure_tokenizer(hf_dir: str | Path, base_model: str | Path) -> bool:
 
 
 def read_sft_losses(metrics_path: str | Path) -> list[float]:
-    """``train/loss`` per step from veRL's ``file`` logger (JSON lines ``{"step": s, "data": {...}}``), by step."""
-    path = Path(metrics_path)
-    if not path.exists():
-        return []
-    losses: dict[int, float] = {}
-    for line in path.read_text().splitlines():
-        if line.strip():
-            record = json.loads(line)
-            if "train/loss" in record["data"]:
-                losses[int(record["step"])] = float(record["data"]["train/loss"])
-    return [losses[s] for s in sorted(losses)]
+    """``train/loss`` per step from veRL's ``file`` logger, by step."""
+    return [float(step["train/loss"]) for step in runner.read_steps(Path(metrics_path)) if "train/loss" in step]
 
 
 def _say(echo: bool) -> Callable[..., None]:
@@ -194,14 +186,7 @@ def _say(echo: bool) -> Callable[..., None]:
 
 
 def _cpu_env(metrics: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        VERL_PLATFORM="cpu",  # the plugin's CPU platform (verl_espo/platform/cpu.py): gloo, FSDP engines on cpu
-        VERL_FILE_LOGGER_PATH=str(metrics),  # veRL's `file` logger: one JSON line per step
-        TOKENIZERS_PARALLELISM="false",
-        HYDRA_FULL_ERROR="1",
-        PYTHONUNBUFFERED="1",
-    )
+    env = runner.trainer_env(metrics, cpu=True)
     env.setdefault("OMP_NUM_THREADS", "1")  # a tiny model: a second thread only contends on a shared 2-core machine
     return env
 
@@ -257,12 +242,7 @@ def run_cpu_sft(
         overrides=["trainer.logger=[console,file]", f"hydra.run.dir={sft_dir / 'hydra'}", *overrides],
     )
     say(f"[stages] stage 1 (SFT warm-up), log in {sft_dir / 'train.log'}:\n  VERL_PLATFORM=cpu {shlex.join(cmd)}")
-    with open(sft_dir / "train.log", "wb") as log:
-        try:
-            proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=_cpu_env(metrics), timeout=timeout_s)
-            returncode = proc.returncode
-        except subprocess.TimeoutExpired:
-            returncode = -9
+    returncode, _ = runner.run(cmd, _cpu_env(metrics), log=sft_dir / "train.log", timeout_s=timeout_s)
     losses = read_sft_losses(metrics)
     hf_dir = None
     if returncode == 0:
@@ -275,7 +255,7 @@ def run_cpu_sft(
         first, last = (f"{losses[0]:.4g}", f"{losses[-1]:.4g}") if losses else ("?", "?")
         say(f"[stages] stage 1 done: {len(losses)} steps, loss {first} -> {last} ({result.wall_s:.0f} s); {hf_dir}")
     else:
-        tail = "\n".join((sft_dir / "train.log").read_text(errors="replace").splitlines()[-30:])
+        tail = runner.tail(sft_dir / "train.log", 30)
         say(f"[stages] stage 1 failed (exit code {returncode}); last lines of {sft_dir / 'train.log'}:\n{tail}")
     return result
 
@@ -313,9 +293,42 @@ def run_cpu_smoke(
     return summary
 
 
-def _run(cmd: list[str], say: Callable[..., None]) -> int:
-    say(f"[stages] $ {shlex.join(cmd)}")
-    return subprocess.run(cmd).returncode
+def run_chain(
+    sft: Optional[Sequence[str]],
+    sft_dir: str | Path,
+    rl: Callable[[Path], Sequence[str]],
+    *,
+    base_model: Optional[str | Path] = None,
+    sft_step: Optional[int] = None,
+    env: Optional[Mapping[str, str]] = None,
+    rl_env: Optional[Mapping[str, str]] = None,
+    timeout_s: Optional[float] = None,
+    on_sft_done: Optional[Callable[[], None]] = None,
+    say: Callable[[str], Any] = print,
+    prefix: str = "[stages]",
+) -> int:
+    """EGSPO's chain on a cluster: stage 1 (``sft``; ``None``: its checkpoints are already in ``sft_dir``), then
+    the RL command ``rl(weights)`` from its Hugging Face weights (``sft_step``, default the latest).
+
+    Both run through :func:`verl_espo.runner.run` with ``env`` (RL: ``rl_env``, default ``env``) added to the
+    trainer environment, ``timeout_s`` each. ``on_sft_done`` runs after a successful stage 1. Returns the first
+    non-zero exit code, else RL's.
+    """
+    if sft is not None:
+        say(f"{prefix} stage 1 (SFT warm-up): {shlex.join(sft)}")
+        rc, _ = runner.run(sft, runner.trainer_env(extra=env), timeout_s=timeout_s)
+        if rc != 0:
+            say(f"{prefix} stage 1 failed (exit code {rc}); not starting RL")
+            return rc
+        if on_sft_done is not None:
+            on_sft_done()
+    weights = find_hf_weights(sft_dir, sft_step)
+    if base_model is not None and ensure_tokenizer(weights, base_model):
+        say(f"{prefix} copied {base_model}'s tokenizer into {weights}")
+    command = list(rl(weights))
+    say(f"{prefix} RL starts from the SFT weights {weights}: {shlex.join(command)}")
+    rc, _ = runner.run(command, runner.trainer_env(extra=rl_env if rl_env is not None else env), timeout_s=timeout_s)
+    return rc
 
 
 def _cluster(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -345,13 +358,7 @@ def _cluster(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         print(f"# stages 2-3: EGSPO RL from the SFT weights\nSFT_HF={sft_dir}/global_step_{step}/huggingface")
         print(shlex.join(rl("SFT_HF_PLACEHOLDER")).replace("SFT_HF_PLACEHOLDER", '"$SFT_HF"'))
         return 0
-    if sft is not None and (rc := _run(sft, print)) != 0:
-        print(f"[stages] stage 1 failed (exit code {rc}); not starting RL")
-        return rc
-    hf = find_hf_weights(sft_dir, args.sft_step)
-    if ensure_tokenizer(hf, args.model):
-        print(f"[stages] copied {args.model}'s tokenizer into {hf}")
-    return _run(rl(hf), print)
+    return run_chain(sft, sft_dir, rl, base_model=args.model, sft_step=args.sft_step)
 
 
 def main(argv: Optional[list[str]] = None) -> int:

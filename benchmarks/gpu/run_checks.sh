@@ -3,7 +3,7 @@
 # benchmarks/gpu/prepare.sh here and with `.gpu` carried:
 #
 #   OUT=/some/dir bash benchmarks/gpu/run_checks.sh           # the real sizes (CUDA required), <= ~6 min on an H200
-#   OUT=/tmp/gpuout SMALL=1 GPU_WHL_DIR=.gpu/whl311 bash benchmarks/gpu/run_checks.sh   # tiny sizes, on CPU
+#   OUT="$(mktemp -d)" SMALL=1 GPU_WHL_DIR=.gpu/whl311 bash benchmarks/gpu/run_checks.sh   # tiny sizes, on CPU
 #
 # Installs .gpu/whl into $GPU_SITE, puts the import stubs (.gpu/stubs) last on PYTHONPATH, and runs the checks in
 # priority order, each under its own timeout (and a total budget, GPU_CHECKS_BUDGET_S), none stopping the next:
@@ -27,8 +27,8 @@ mkdir -p "$OUT"
 SCRATCH="$(mktemp -d)"
 exec > >(tee -a "$OUT/checks.log") 2>&1
 
-echo "== run_checks.sh $(date -u +%FT%TZ) SMALL=$SMALL budget ${BUDGET}s, repo $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
-command -v nvidia-smi > /dev/null && nvidia-smi
+echo "== run_checks.sh SMALL=$SMALL budget ${BUDGET}s, repo $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
+command -v nvidia-smi > /dev/null && nvidia-smi | tail -n +2  # without its first line, the date and time
 
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$SITE" "$WHL_DIR"/*.whl \
   || { echo "FATAL: could not install the wheels of $WHL_DIR (run benchmarks/gpu/prepare.sh, carry .gpu)"; exit 1; }

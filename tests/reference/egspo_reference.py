@@ -1,6 +1,6 @@
 """A deliberately simple float64 reference for the ``egspo`` and ``chord`` losses: Python loops over rows and tokens.
 
-It shares no code with ``verl_espo``. It follows the issue's definitions (issue 6; ``docs/egspo.md``) literally:
+It shares no code with ``verl_espo``. It follows the definitions of ``docs/egspo.md`` literally:
 
 * PPO token loss, veRL's ``vanilla`` (``core_algos.compute_policy_loss_vanilla``), written with ``if``:
   ``r = exp(clamp(log_prob - old_log_prob, -20, 20))``, ``l = max(-A r, -A clip(r, 1 - eps_low, 1 + eps_high))``,

@@ -26,12 +26,12 @@ from verl_espo.data.common import (
     rl_dataset,
 )
 
-__all__ = ["Benchmark", "BENCHMARKS"]
+__all__ = ["BenchmarkSource", "BENCHMARKS"]
 
 
 @dataclass(frozen=True)
-class Benchmark:
-    """One evaluation set.
+class BenchmarkSource:
+    """Where one evaluation set comes from on the Hugging Face Hub and how its rows are read.
 
     Args:
         name: data set name: ``data_source`` of its rows, its module and its output folder.
@@ -83,10 +83,10 @@ class Benchmark:
 
 
 #: Every evaluation set, by name. Why these copies: they are the ones the papers name or peers' evaluation code loads.
-BENCHMARKS: dict[str, Benchmark] = {
+BENCHMARKS: dict[str, BenchmarkSource] = {
     b.name: b
     for b in (
-        Benchmark(
+        BenchmarkSource(
             name="math500",
             hf_id="HuggingFaceH4/MATH-500",
             hf_split="test",
@@ -99,7 +99,7 @@ BENCHMARKS: dict[str, Benchmark] = {
                 "subject, level, unique_id."
             ),
         ),
-        Benchmark(
+        BenchmarkSource(
             name="aime2024",
             hf_id="HuggingFaceH4/aime_2024",
             hf_split="train",
@@ -112,7 +112,7 @@ BENCHMARKS: dict[str, Benchmark] = {
                 "(load_dataset('HuggingFaceH4/aime_2024', split='train'))."
             ),
         ),
-        Benchmark(
+        BenchmarkSource(
             name="aime2025",
             hf_id="yentinglin/aime_2025",
             hf_split="train",
@@ -125,7 +125,7 @@ BENCHMARKS: dict[str, Benchmark] = {
                 "AIME2025-I/-II, columns question/answer) holds the same problems."
             ),
         ),
-        Benchmark(
+        BenchmarkSource(
             name="hmmt_feb2025",
             hf_id="MathArena/hmmt_feb_2025",
             hf_split="train",
@@ -138,7 +138,7 @@ BENCHMARKS: dict[str, Benchmark] = {
                 "problem_type."
             ),
         ),
-        Benchmark(
+        BenchmarkSource(
             name="amc2023",
             hf_id="math-ai/amc23",
             hf_split="test",

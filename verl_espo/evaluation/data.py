@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from verl_espo.evaluation.protocol import Benchmark
+from verl_espo.evaluation.protocol import EvalSet
 from verl_espo.evaluation.reward import BENCHMARK_KEY, ROW_KEY
 
 __all__ = ["ROLLOUT_N_KEY", "RL_COLUMNS", "EvalData", "benchmark_rows", "write_eval_data"]
@@ -35,7 +35,7 @@ def _read_rows(path: Path) -> list[dict[str, Any]]:
     return pq.read_table(path).to_pylist()
 
 
-def benchmark_rows(benchmark: Benchmark) -> list[dict[str, Any]]:
+def benchmark_rows(benchmark: EvalSet) -> list[dict[str, Any]]:
     """The rows of ``benchmark`` as they go into the evaluation file (see the module doc)."""
     if benchmark.path is None:  # the bundled toy benchmark: every problem of the toy task
         from verl_espo.toy.task import all_problems, make_rows
@@ -70,7 +70,7 @@ class EvalData:
     data_sources: tuple[str, ...]  # the rows' data_source values: veRL names its metrics after them
 
 
-def write_eval_data(benchmarks: Sequence[Benchmark], path: str | Path) -> dict[str, EvalData]:
+def write_eval_data(benchmarks: Sequence[EvalSet], path: str | Path) -> dict[str, EvalData]:
     """Write the rows of all ``benchmarks`` to one parquet file; returns what each benchmark holds."""
     import pandas as pd
 

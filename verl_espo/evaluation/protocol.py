@@ -25,7 +25,7 @@ from pathlib import Path
 __all__ = [
     "PAPER_N",
     "TOY_BENCHMARK",
-    "Benchmark",
+    "EvalSet",
     "Sampling",
     "checkpoint_name",
     "pass_at_k_values",
@@ -51,7 +51,7 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 @dataclass(frozen=True)
-class Benchmark:
+class EvalSet:
     """One benchmark of an evaluation: its name (the label in the outputs), its parquet file and samples per problem.
 
     ``path`` is ``None`` only for :data:`TOY_BENCHMARK`, whose rows are generated.
@@ -171,8 +171,8 @@ def parse_n(spec: str | None, names: Sequence[str]) -> dict[str, int]:
     return out
 
 
-def parse_benchmarks(spec: str, data_dir: str | Path | None, n: str | None = None) -> list[Benchmark]:
-    """``--benchmarks`` items as :class:`Benchmark`: ``NAME`` reads ``DATA_DIR/NAME/test.parquet`` (what
+def parse_benchmarks(spec: str, data_dir: str | Path | None, n: str | None = None) -> list[EvalSet]:
+    """``--benchmarks`` items as :class:`EvalSet`: ``NAME`` reads ``DATA_DIR/NAME/test.parquet`` (what
     ``python -m verl_espo.data.NAME --out DATA_DIR`` writes), ``NAME=PATH`` reads ``PATH``, and
     ``toy_arithmetic`` is generated. Files are checked to exist."""
     items = [s.strip() for s in spec.split(",") if s.strip()]
@@ -201,7 +201,7 @@ def parse_benchmarks(spec: str, data_dir: str | Path | None, n: str | None = Non
                 f"--out DATA_DIR` or give NAME=PATH"
             )
     counts = parse_n(n, list(named))
-    return [Benchmark(name, path, counts[name]) for name, path in named.items()]
+    return [EvalSet(name, path, counts[name]) for name, path in named.items()]
 
 
 _STEP_DIR = re.compile(r"global_step_\d+")

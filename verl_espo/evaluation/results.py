@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from verl_espo.evaluation.metrics import summarize
-from verl_espo.evaluation.protocol import Benchmark, pass_at_k_values, protocol_label
+from verl_espo.evaluation.protocol import EvalSet, pass_at_k_values, protocol_label
 from verl_espo.evaluation.reward import BENCHMARK_KEY, ROW_KEY
 
 __all__ = [
@@ -69,7 +69,7 @@ def _correctness(record: Mapping[str, Any]) -> float:
 
 
 def collect_samples(
-    records: Sequence[Mapping[str, Any]], benchmarks: Sequence[Benchmark], problems: Mapping[str, int]
+    records: Sequence[Mapping[str, Any]], benchmarks: Sequence[EvalSet], problems: Mapping[str, int]
 ) -> dict[str, BenchmarkSamples]:
     """Group dumped responses by benchmark and row; ``problems`` is the number of rows of each benchmark."""
     wanted = {b.name: b for b in benchmarks}

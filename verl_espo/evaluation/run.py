@@ -5,7 +5,7 @@ One ``python -m verl.trainer.main_ppo`` per checkpoint, with ``pkg://verl_espo.c
 each row's ``__rollout_n__`` gives its benchmark's samples per problem (:mod:`verl_espo.evaluation.data`);
 ``trainer.validation_data_dir`` dumps every response with its correctness (:mod:`verl_espo.evaluation.reward`), which
 :mod:`verl_espo.evaluation.results` turns into ``eval.json`` and ``eval.md``. Process handling (environment, log
-following, the file logger) is the smoke runner's (:mod:`verl_espo.smoke`).
+following, the file logger) is :mod:`verl_espo.runner`'s.
 
 Layout of ``<out>/<name>/``: ``eval.json``, ``eval.md``, ``generations/0.jsonl`` (veRL's dump), ``metrics.jsonl``
 (veRL's logged validation metrics), ``data/eval.parquet``, ``command.txt``, ``eval.log`` (the trainer's output) and
@@ -14,8 +14,6 @@ Layout of ``<out>/<name>/``: ``eval.json``, ``eval.md``, ``generations/0.jsonl``
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -23,10 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from verl_espo import runner
 from verl_espo.evaluation.data import write_eval_data
-from verl_espo.evaluation.protocol import Benchmark, Sampling, checkpoint_name
+from verl_espo.evaluation.protocol import EvalSet, Sampling, checkpoint_name
 from verl_espo.evaluation.results import benchmark_result, collect_samples, read_generations, write_results
-from verl_espo.launch import cpu_trainer_env, follow, merged_steps, tail
+from verl_espo.runner import merged_steps, tail
 
 __all__ = ["TOY_MODEL", "EvalRun", "build_command", "evaluate_checkpoint"]
 
@@ -92,13 +91,8 @@ def build_command(
 
 
 def _environment(out: Path, cpu: bool) -> dict[str, str]:
-    # the smoke runs' environment: VERL_PLATFORM=cpu, the file logger's path, quiet tokenizers
-    env = cpu_trainer_env(out)
-    if not cpu:  # GPUs: veRL detects the platform itself, unless the caller chose one
-        env.pop("VERL_PLATFORM")
-        if "VERL_PLATFORM" in os.environ:
-            env["VERL_PLATFORM"] = os.environ["VERL_PLATFORM"]
-    return env
+    # the trainer's environment with the file logger in `out`; on GPUs veRL detects the platform itself
+    return runner.trainer_env(out / "metrics.jsonl", cpu=cpu)
 
 
 def _used_config(out: Path) -> dict[str, Any]:
@@ -139,7 +133,7 @@ def _verl_version() -> str:
 
 def evaluate_checkpoint(
     model: str | Path,
-    benchmarks: Sequence[Benchmark],
+    benchmarks: Sequence[EvalSet],
     out_root: str | Path,
     sampling: Sampling | None = None,
     *,
@@ -185,15 +179,10 @@ def evaluate_checkpoint(
         return run
 
     say(f"[eval] {name}: {plan}; veRL's validation ({'CPU, hf rollout' if cpu else 'GPU'}); log {out / 'eval.log'}")
-    deadline = start + timeout_s if timeout_s is not None else None
-    with open(out / "eval.log", "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=_environment(out, cpu), cwd=out)
-        try:
-            run.returncode, records = follow(proc, out / "metrics.jsonl", say, deadline, prefix="[eval]")
-        except BaseException:
-            proc.kill()
-            proc.wait()
-            raise
+    run.returncode, records = runner.run(
+        cmd, _environment(out, cpu), log=out / "eval.log", cwd=out, metrics=out / "metrics.jsonl", say=say,
+        prefix="[eval]", timeout_s=None if timeout_s is None else max(start + timeout_s - time.time(), 0.0),
+    )  # fmt: skip
     if run.returncode != 0:
         say(
             f"[eval] {name}: veRL exited with {run.returncode}; last lines of {out / 'eval.log'}:\n"
