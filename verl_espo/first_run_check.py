@@ -162,8 +162,8 @@ def check_steps(steps: Sequence[dict[str, Any]], bounds: Bounds) -> list[Check]:
 
 def read_steps(path: str | Path) -> list[dict[str, Any]]:
     """The logged steps of a run directory (its ``metrics*.jsonl``, in name order) or of one ``.jsonl`` file."""
-    from verl_espo.launch import merged_steps
     from verl_espo.report.runs import read_file_logger
+    from verl_espo.runner import merged_steps
 
     path = Path(path)
     files = sorted(path.glob("metrics*.jsonl")) if path.is_dir() else [path]
