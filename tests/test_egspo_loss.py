@@ -66,7 +66,7 @@ def make_batch(seed=0, lengths=LENGTHS, ties=False, scale=0.3, dtype=torch.float
 
 
 def call(loss_mode, batch, config, log_prob=None, **kw):
-    if loss_mode != "vanilla":
+    if loss_mode == "egspo":
         kw.setdefault("old_entropy", batch["old_entropy"])
     return get_policy_loss_fn(loss_mode)(
         old_log_prob=batch["old_log_prob"],
@@ -228,7 +228,7 @@ def test_expert_rows_ignore_advantages_old_log_probs_and_entropies(loss_mode, ke
     expert = torch.tensor(EXPERT)
     egspo, gate_kw, _ = gate_inputs("batch", batch, expert)
     config = plugin_config(loss_mode, egspo=egspo)
-    kw = dict(expert_mask=expert, mu=0.3, **gate_kw)
+    kw = dict(expert_mask=expert, mu=0.3, **(gate_kw if loss_mode == "egspo" else {}))
     loss, grad, _ = loss_and_grad(loss_mode, batch, config, **kw)
     for value in (7.0, -9.0) if key == "advantages" else (7.0, -9.0, math.nan, math.inf, -math.inf):
         other = {**batch, key: torch.where(expert.unsqueeze(-1), torch.full_like(batch[key], value), batch[key])}
@@ -306,7 +306,7 @@ def test_rho_one_is_vanilla(name, egspo, agg, dtype, in_worker):
 @pytest.mark.parametrize("agg", AGG_MODES)
 def test_chord_without_experts_is_vanilla(agg):
     batch = make_batch(seed=13)
-    loss, grad, metrics = loss_and_grad("chord", batch, plugin_config("chord", loss_agg_mode=agg), old_entropy=None)
+    loss, grad, metrics = loss_and_grad("chord", batch, plugin_config("chord", loss_agg_mode=agg))
     want_loss, want_grad, want_metrics = loss_and_grad("vanilla", batch, _vanilla_config(agg))
     assert torch.equal(loss, want_loss) and torch.equal(grad, want_grad)
     assert metrics == pytest.approx(want_metrics)
@@ -558,7 +558,7 @@ def test_missing_old_entropy_is_an_error():
     batch = make_batch()
     with pytest.raises(MissingLossInputError, match="old_entropy"):
         call("egspo", batch, plugin_config(egspo={"gate": "sequence"}), old_entropy=None)
-    call("chord", batch, plugin_config("chord"), old_entropy=None)  # CHORD has no gate
+    call("chord", batch, plugin_config("chord"))  # CHORD has no gate
 
 
 def test_batch_gate_without_threshold_is_an_error():
