@@ -21,7 +21,7 @@ from verl.workers.config import ActorConfig
 
 from verl_espo.config.loss import HYBRID_KEY_PREFIX, HybridConfig
 from verl_espo.core.chord import HYBRID_COUNT_KEYS, hybrid_counts, sft_token_losses
-from verl_espo.core.common import share, to_floats
+from verl_espo.core.common import masked, share, to_floats
 from verl_espo.loss_inputs import LossPlot, MissingLossInputError, loss_input
 
 __all__ = ["HYBRID_SUM_METRICS", "HYBRID_PLOTS", "ExpertRows", "expert_rows", "mix_with_sft"]
@@ -120,7 +120,8 @@ def mix_with_sft(
 
     # L_SFT on the expert rows only (gathered once: a fifth of the rows in CHORD's setting).
     index = experts.rows.nonzero().reshape(-1)
-    expert_tokens, expert_log_prob = mask.index_select(0, index), log_prob.index_select(0, index)
+    expert_tokens = mask.index_select(0, index)
+    (expert_log_prob,) = masked(expert_tokens, log_prob.index_select(0, index))  # padding: 0, never NaN
     sft_losses, sft_weights = sft_token_losses(expert_log_prob, hybrid.sft_phi)
     sft_loss = agg_loss(
         loss_mat=sft_losses,
