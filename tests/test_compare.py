@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from verl_espo.compare import DEFAULT_ALGOS, LABELS, compare, main
+from verl_espo.compare import DEFAULT_ALGOS, compare, label, main
 from verl_espo.smoke import SmokeResult
 
 ACCURACY = {"espo": 0.75, "gspo": 0.5, "grpo": 0.625, "egspo": 0.5625}
@@ -62,9 +62,9 @@ def test_runs_every_algorithm_from_one_model_and_reports_them(tmp_path):
     report = (tmp_path / "report" / "report.md").read_text()
     assert report.startswith("# ESPO, GSPO, GRPO, EGSPO on the bundled default (6 steps)")
     results = json.loads((tmp_path / "report" / "results.json").read_text())
-    assert set(results) == {LABELS[a] for a in DEFAULT_ALGOS}
+    assert set(results) == {label(a) for a in DEFAULT_ALGOS}
     for algo, accuracy in ACCURACY.items():
-        assert results[LABELS[algo]]["val-core/toy/acc/mean@1"]["value"] == accuracy
+        assert results[label(algo)]["val-core/toy/acc/mean@1"]["value"] == accuracy
     assert "**75.0**" in report  # ESPO's accuracy is the best, and bold
     assert "`actor_rollout_ref.actor.policy_loss.loss_mode` | espo | gspo | grpo | egspo |" in report
     assert "| `data.train_files`" not in report  # each run's own copy of the same data: not a difference

@@ -22,9 +22,7 @@ from test_egspo_loss import (
     CLIP_HIGH,
     CLIP_LOW,
     EXPERT,
-    SPLIT_EXPERT,
-    SPLIT_LENGTHS,
-    SPLITS,
+    T,
     assert_same,
     gate_inputs,
     loss_and_grad,
@@ -37,6 +35,15 @@ from verl_espo.config import EGSPOConfig
 from verl_espo.loss_inputs import MissingLossInputError
 from verl_espo.losses.egspo import step_gate_weight_mean
 from verl_espo.trainer.sync import needs_gate_weight_mean
+
+SPLIT_LENGTHS = [0, 1, T, 5, 3, T - 1, 0, 1, 7, T, 4, 9]
+SPLIT_EXPERT = [False, False, False, True, True, True, False, True, False, True, False, True]
+SPLITS = {
+    # 4 micro-batches on one rank: the first without expert rows, the second all expert rows.
+    "micro4": [[[0, 1, 2], [3, 4, 5], [6, 7, 8], [9, 10, 11]]],
+    # 2 ranks with uneven micro-batches: rank 0 = no-expert + all-expert, rank 1 = 2 rows + 4 rows.
+    "dp2": [[[0, 1, 2], [3, 4, 5]], [[6, 7], [8, 9, 10, 11]]],
+}
 
 ROOT = Path(__file__).resolve().parents[1]
 GATES = ["batch", "sequence", "threshold"]

@@ -13,14 +13,14 @@ import yaml
 
 from verl_espo.report import Run, SmoothingConfig, load_run, load_runs, merge_by_step, read_file_logger, smooth
 from verl_espo.report.__main__ import main
-from verl_espo.report.figures import PLOTS, figure_files
+from verl_espo.report.figures import figure_files, plot_rows
 from verl_espo.report.settings import DEFAULT_IGNORED, differing_settings
 from verl_espo.report.table import results_table, to_markdown
 from verl_espo.report.validation import benchmarks, parse_val_key
 
 BENCHES = ("aime24", "HuggingFaceH4/MATH-500")  # a data_source with a slash, as veRL allows
 VAL_STEPS = (0, 5, 10)
-ALL_TRAIN_KEYS = sorted({row.key for row in PLOTS})
+ALL_TRAIN_KEYS = sorted({row.key for row in plot_rows()})
 
 
 def _val_key(source: str, n: int = 4) -> str:

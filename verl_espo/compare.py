@@ -27,12 +27,21 @@ from typing import Callable, Optional
 
 from verl_espo.smoke import ALGOS, SmokeResult, run_smoke
 
-__all__ = ["DEFAULT_ALGOS", "LABELS", "CompareResult", "compare", "main"]
+__all__ = ["DEFAULT_ALGOS", "label", "CompareResult", "compare", "main"]
 
 #: The comparison of issue 8: ESPO against its two neighbours (token-level GRPO, sequence-level GSPO) and EGSPO.
 DEFAULT_ALGOS: tuple[str, ...] = ("espo", "gspo", "grpo", "egspo")
-#: The name of each algorithm in the report's table and legends.
-LABELS: dict[str, str] = {"espo": "ESPO", "gspo": "GSPO", "grpo": "GRPO", "egspo": "EGSPO", "chord": "CHORD-phi"}
+#: The names of veRL's own losses in the report (the plugin's losses are named by their spec).
+BASELINE_LABELS: dict[str, str] = {"gspo": "GSPO", "grpo": "GRPO"}
+
+
+def label(algo: str) -> str:
+    """The name of ``algo`` in the report's table and legends: its loss spec's label, else the baseline's."""
+    from verl_espo.loss_inputs import loss_spec
+
+    spec = loss_spec(algo)
+    return spec.label if spec is not None else BASELINE_LABELS.get(algo, algo)
+
 
 #: Config keys left out of the report's "settings that differ": each run's own copy of the same generated data
 #: and its experiment name, which say nothing about the algorithm.
@@ -111,7 +120,7 @@ def compare(
     results: list[SmokeResult] = []
     if not report_only:
         for i, algo in enumerate(algos):
-            say(f"[compare] run {i + 1}/{len(algos)}: {LABELS.get(algo, algo)}, {steps} steps")
+            say(f"[compare] run {i + 1}/{len(algos)}: {label(algo)}, {steps} steps")
             results.append(runner(algo, steps, run_dir(out, algo), list(overrides or []), model_dir=model, echo=echo))
     missing = [a for a in algos if not (run_dir(out, a) / "metrics.jsonl").exists()]
     if missing:
@@ -125,8 +134,8 @@ def compare(
     done = [_steps_completed(run_dir(out, a)) for a in reported]
     length = f"{max(done)} steps" if done and min(done) == max(done) else "steps: " + ", ".join(map(str, done))
     args = [_shown(run_dir(out, a)) for a in reported] + ["--out", str(report)]
-    args += [x for a in reported for x in ("--label", LABELS.get(a, a))]
-    args += ["--title", f"{', '.join(LABELS.get(a, a) for a in reported)} on the bundled default ({length})"]
+    args += [x for a in reported for x in ("--label", label(a))]
+    args += ["--title", f"{', '.join(label(a) for a in reported)} on the bundled default ({length})"]
     args += [x for pattern in IGNORED_SETTINGS for x in ("--ignore-setting", pattern)]
     args += list(report_args or [])
     code = report_main(args)

@@ -1,53 +1,154 @@
-"""What the plugin's policy losses need beyond veRL's ``PolicyLossFn`` arguments, and how they get it.
+"""What the rest of the plugin knows about a policy loss: its :class:`LossSpec`, declared next to its registration.
 
-This module is shared by the three pieces that deal with those inputs, and imports none of them, nor veRL:
+A plugin loss registers twice, side by side in its module under :mod:`verl_espo.losses`: the function in veRL's
+policy-loss registry (``@register_policy_loss(name)``) and its :class:`LossSpec` here (:func:`register_loss_spec`).
+The spec says which config blocks the loss reads, which inputs it needs from the plugin's trainer (the old
+policy's entropy, a step-level entropy threshold and the config key that turns it on, expert rows), its metric
+prefix, the metrics summed rather than averaged over micro-batches, and its label and plots in reports. The
+trainer, its start-up checks, the actor loss, the config validation, smoke/compare and the report read the spec
+through :func:`loss_spec` / :func:`loss_specs`, and hold no table of losses of their own.
 
-* the table :data:`LOSS_INPUTS`, which the trainer reads to know what to compute once per step and which
-  settings to refuse before any worker starts;
-* the channel :func:`policy_loss_extras` / :func:`current_extras`, through which the plugin's actor loss
-  (:mod:`verl_espo.workers.actor_loss`) hands the inputs to a policy loss (:mod:`verl_espo.losses`): veRL's
-  ``ppo_loss`` calls a registered policy loss with a fixed set of arguments, so the actor loss calls veRL's own
-  ``ppo_loss`` unchanged inside :func:`policy_loss_extras` and the policy loss reads them from there;
-* :class:`MissingLossInputError`, raised by a loss that did not get an input.
+This module also holds the channel through which the plugin's actor loss hands those inputs to a policy loss
+(veRL's ``ppo_loss`` calls a registered loss with a fixed set of arguments): the actor loss calls veRL's own
+``ppo_loss`` inside :func:`policy_loss_extras`, and the loss reads them with :func:`loss_input`.
 
-Keeping them here lets the trainer and the losses register independently: a veRL change that breaks the loss
-registry leaves the trainer registered, and the other way round (``verl_espo._plugin``).
+It imports neither veRL nor the losses at import time, so the trainer and the losses register independently
+(``verl_espo._plugin``); :func:`loss_spec` imports :mod:`verl_espo.losses` on first use.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
+from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Optional
 
 __all__ = [
-    "LOSS_INPUTS",
-    "ENTROPY_AWARE_LOSS_MODES",
-    "PLUGIN_LOSS_MODES",
-    "HYBRID_LOSS_MODES",
+    "LossPlot",
+    "StepThreshold",
+    "LossSpec",
+    "register_loss_spec",
+    "loss_spec",
+    "loss_specs",
+    "step_threshold_ratio",
     "MissingLossInputError",
     "missing_old_entropy_message",
     "policy_loss_extras",
     "current_extras",
+    "loss_input",
 ]
 
-#: ``loss_mode`` -> inputs it needs beyond veRL's arguments. ``old_entropy``: the old policy's per-token
-#: entropy; ``step_threshold``: a per-step entropy threshold (when the ESPO grouping / EGSPO gate is ``batch``);
-#: ``expert_rows``: it accepts expert-demonstration rows (hybrid SFT + RL with ``mu``).
-LOSS_INPUTS: dict[str, frozenset[str]] = {
-    "espo": frozenset({"old_entropy", "step_threshold"}),
-    "egspo": frozenset({"old_entropy", "step_threshold", "expert_rows"}),
-    "chord": frozenset({"expert_rows"}),
-}
 
-#: ``loss_mode`` values whose policy loss needs the old policy's entropy from the plugin's actor loss.
-ENTROPY_AWARE_LOSS_MODES = frozenset(mode for mode, inputs in LOSS_INPUTS.items() if "old_entropy" in inputs)
-#: ``loss_mode`` values that need the plugin's actor loss and trainer at all.
-PLUGIN_LOSS_MODES = frozenset(LOSS_INPUTS)
-#: ``loss_mode`` values that accept expert rows.
-HYBRID_LOSS_MODES = frozenset(mode for mode, inputs in LOSS_INPUTS.items() if "expert_rows" in inputs)
+@dataclass(frozen=True)
+class LossPlot:
+    """One curve of the report's training figures (:mod:`verl_espo.report.figures` has the same fields)."""
+
+    file: str  # PNG name without the extension
+    panel: str  # panel title
+    ylabel: str  # y-axis label, with the unit
+    key: str  # veRL metric name
+    label: str = ""  # the curve's name when a panel has several
+
+
+@dataclass(frozen=True)
+class StepThreshold:
+    """A step-level entropy threshold the trainer computes once per step over the rollout tokens, when
+    ``policy_loss.<block>.<key> == <value>``, at the share ``policy_loss.<block>.<ratio_key>``."""
+
+    block: str
+    key: str
+    value: str = "batch"
+    ratio_key: str = "high_entropy_ratio"
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    """What the plugin needs to know about one registered policy loss.
+
+    Attributes:
+        name: the ``policy_loss.loss_mode`` it is registered under in veRL.
+        label: its name in reports and comparisons.
+        config_blocks: the ``policy_loss.<block>`` settings it reads (blocks of
+            :class:`~verl_espo.config.PluginPolicyLossConfig`); empty: it reads veRL's keys only.
+        old_entropy: it needs the old policy's per-token entropy (veRL's old-log-prob pass).
+        step_threshold: the step-level entropy threshold it may need, and the key that turns it on.
+        expert_rows: it trains on expert-demonstration rows (``data.expert``) mixed into the step.
+        metric_prefix: the prefix of its own metrics (``actor/<name>/``); the actor loss logs the old entropy there.
+        sum_metrics: metrics normalised like the loss itself, summed over micro-batches and ranks (as veRL sums
+            ``actor/pg_loss``) instead of averaged.
+        plots: its curves in the report's training figures.
+    """
+
+    name: str
+    label: str
+    config_blocks: tuple[str, ...] = ()
+    old_entropy: bool = False
+    step_threshold: Optional[StepThreshold] = None
+    expert_rows: bool = False
+    metric_prefix: str = ""
+    sum_metrics: frozenset[str] = frozenset()
+    plots: tuple[LossPlot, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        if not self.metric_prefix:
+            object.__setattr__(self, "metric_prefix", f"actor/{self.name}/")
+        if not self.metric_prefix.endswith("/"):
+            raise ValueError(f"LossSpec {self.name!r}: metric_prefix must end with '/', got {self.metric_prefix!r}")
+        if self.step_threshold is not None and self.step_threshold.block not in self.config_blocks:
+            raise ValueError(
+                f"LossSpec {self.name!r}: the step threshold's block {self.step_threshold.block!r} is not among "
+                f"its config_blocks {list(self.config_blocks)}"
+            )
+
+    @property
+    def needs_plugin_trainer(self) -> bool:
+        """Whether it needs inputs that only the plugin's trainer and actor loss hand over."""
+        return self.old_entropy or self.step_threshold is not None or self.expert_rows
+
+
+_SPECS: dict[str, LossSpec] = {}
+
+
+def register_loss_spec(spec: LossSpec) -> LossSpec:
+    """Declare ``spec`` (next to ``@register_policy_loss(spec.name)``); a second spec under one name is refused."""
+    known = _SPECS.get(spec.name)
+    if known is not None and known != spec:
+        raise ValueError(f"a different LossSpec is already registered for loss_mode={spec.name!r}")
+    _SPECS[spec.name] = spec
+    return spec
+
+
+def _load_plugin_losses() -> None:
+    importlib.import_module("verl_espo.losses")  # registers the plugin's losses and their specs
+
+
+def loss_spec(loss_mode: Optional[str]) -> Optional[LossSpec]:
+    """The spec of ``loss_mode``, or ``None`` for a loss the plugin does not declare (veRL's own losses)."""
+    if loss_mode not in _SPECS:
+        _load_plugin_losses()
+    return _SPECS.get(loss_mode)
+
+
+def loss_specs() -> Mapping[str, LossSpec]:
+    """Every declared loss, by name in alphabetical order (registration order depends on the import chain)."""
+    _load_plugin_losses()
+    return MappingProxyType(dict(sorted(_SPECS.items())))
+
+
+def step_threshold_ratio(policy_loss: Mapping[str, Any]) -> Optional[float]:
+    """``rho`` of the step-level entropy threshold the configured loss needs (its spec's ``step_threshold`` is
+    switched on in ``policy_loss``), or ``None`` if it needs none."""
+    spec = loss_spec(policy_loss.get("loss_mode", "vanilla"))
+    wanted = spec.step_threshold if spec is not None else None
+    if wanted is None:
+        return None
+    block = policy_loss.get(wanted.block, None)
+    if block is None or block.get(wanted.key, None) != wanted.value:
+        return None
+    return float(block.get(wanted.ratio_key))
 
 
 # ----------------------------------------------------------------------------- errors
@@ -84,3 +185,8 @@ def policy_loss_extras(**extras: Any) -> Iterator[None]:
 def current_extras() -> Mapping[str, Any]:
     """The extras of the innermost :func:`policy_loss_extras` block (empty outside one)."""
     return _EXTRAS.get()
+
+
+def loss_input(name: str, given: Any = None) -> Any:
+    """``given`` when the caller passed it, else the actor loss's extra ``name`` (``None`` when neither has it)."""
+    return current_extras().get(name) if given is None else given

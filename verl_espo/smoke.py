@@ -42,8 +42,14 @@ __all__ = [
 ]
 
 ALGOS = ("espo", "egspo", "chord", "grpo", "gspo")
-#: Algorithms trained with expert demonstrations mixed into every step (hybrid SFT + RL).
-HYBRID_ALGOS = ("egspo", "chord")
+
+
+def _trains_on_expert_rows(algo: str) -> bool:
+    """Whether ``algo``'s loss spec asks for expert demonstrations mixed into every step (hybrid SFT + RL)."""
+    from verl_espo.loss_inputs import loss_spec
+
+    spec = loss_spec(algo)
+    return spec is not None and spec.expert_rows
 
 
 # ----------------------------------------------------------------------------- replay-buffer polling
@@ -126,7 +132,7 @@ def run_smoke(
         build_assets(model)
     train, val = write_dataset(out / "data")
     overrides = list(overrides or [])
-    if algo in HYBRID_ALGOS and not any(o.startswith("data.expert.files=") for o in overrides):
+    if _trains_on_expert_rows(algo) and not any(o.startswith("data.expert.files=") for o in overrides):
         expert, _ = write_expert_dataset(out / "data")
         overrides.insert(0, f"data.expert.files=[{expert}]")
     metrics = out / "metrics.jsonl"

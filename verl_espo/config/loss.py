@@ -32,10 +32,11 @@ __all__ = [
 #: V1 trainer modes that run the plugin's trainer (``espo_sync`` is its older name).
 PLUGIN_TRAINER_MODES = ("plugin_sync", "espo_sync", "plugin_colocate_async", "plugin_separate_async")
 
-#: Where the ``espo`` block lives in the full veRL config, for error messages.
-ESPO_KEY_PREFIX = "actor_rollout_ref.actor.policy_loss.espo"
-EGSPO_KEY_PREFIX = "actor_rollout_ref.actor.policy_loss.egspo"
-HYBRID_KEY_PREFIX = "actor_rollout_ref.actor.policy_loss.hybrid"
+#: Where each block lives in the full veRL config, for error messages.
+POLICY_LOSS_KEY = "actor_rollout_ref.actor.policy_loss"
+ESPO_KEY_PREFIX = f"{POLICY_LOSS_KEY}.espo"
+EGSPO_KEY_PREFIX = f"{POLICY_LOSS_KEY}.egspo"
+HYBRID_KEY_PREFIX = f"{POLICY_LOSS_KEY}.hybrid"
 
 _CHOICES: dict[str, tuple[str, ...]] = {
     "grouping": ("sequence", "batch", "token"),
@@ -240,7 +241,7 @@ class PluginPolicyLossConfig(PolicyLossConfig):
     """veRL's :class:`PolicyLossConfig` plus the plugin's per-algorithm blocks (``espo``, ``egspo``, ``hybrid``).
 
     ``policy_loss.loss_mode`` selects the loss (``espo``, ``egspo``, ``chord`` or any veRL loss); each loss
-    reads its own block and ignores the others.
+    reads the blocks its :class:`~verl_espo.loss_inputs.LossSpec` names (``config_blocks``) and ignores the others.
     """
 
     espo: ESPOConfig = field(default_factory=ESPOConfig)
@@ -254,20 +255,20 @@ class PluginPolicyLossConfig(PolicyLossConfig):
     run_bypass_mode: Optional[bool] = None
 
     def __post_init__(self) -> None:
-        # BaseConfig freezes fields once set, hence object.__setattr__ for the coercion.
-        for name, cls, prefix in (
-            ("espo", ESPOConfig, ESPO_KEY_PREFIX),
-            ("egspo", EGSPOConfig, EGSPO_KEY_PREFIX),
-            ("hybrid", HybridConfig, HYBRID_KEY_PREFIX),
-        ):
-            object.__setattr__(self, name, _coerce(getattr(self, name), cls, prefix))
+        # Every block (a field holding a config dataclass) is coerced from a plain mapping; BaseConfig freezes
+        # fields once set, hence object.__setattr__.
+        for f in dataclasses.fields(self):
+            cls = f.default_factory if f.default_factory is not dataclasses.MISSING else None
+            if isinstance(cls, type) and issubclass(cls, BaseConfig):
+                object.__setattr__(self, f.name, _coerce(getattr(self, f.name), cls, f"{POLICY_LOSS_KEY}.{f.name}"))
         self._check_run()
 
     def _check_run(self) -> None:
-        from verl_espo.loss_inputs import ENTROPY_AWARE_LOSS_MODES
+        from verl_espo.loss_inputs import loss_spec
 
         mode = self.loss_mode
-        if mode not in ENTROPY_AWARE_LOSS_MODES:
+        spec = loss_spec(mode)
+        if spec is None or not spec.old_entropy:
             return
         needs = f"policy_loss.loss_mode={mode} needs the old policy's per-token entropy"
         if self.run_use_v1 is False:

@@ -1,4 +1,5 @@
-"""CHORD's pieces (arXiv 2508.11408), free of veRL: the mu schedule and the SFT(-phi) token loss.
+"""CHORD's pieces (arXiv 2508.11408), free of veRL: ``phi``, the mu schedule, the SFT(-phi) token loss and the
+step's per-type counts.
 
 CHORD mixes an SFT loss on expert demonstrations into RL, ``L = (1 - mu) L_RL + mu L_SFT`` (Eq. 3), with
 ``L_SFT`` the token-mean NLL (Eq. 1) or SFT-phi, each token weighted by ``sg(phi(p))``, ``phi(p) = p(1 - p)``
@@ -12,9 +13,16 @@ import math
 import torch
 
 from verl_espo.core.common import compute_dtype
-from verl_espo.core.egspo import phi
 
-__all__ = ["mu_schedule", "sft_token_losses", "hybrid_counts"]
+__all__ = ["HYBRID_COUNT_KEYS", "phi", "mu_schedule", "sft_token_losses", "hybrid_counts"]
+
+#: The step-level counts that normalise hybrid training: tokens and rows of each type.
+HYBRID_COUNT_KEYS = ("rollout_tokens", "rollout_rows", "expert_tokens", "expert_rows")
+
+
+def phi(prob: torch.Tensor) -> torch.Tensor:
+    """CHORD's ``phi(p) = p (1 - p)`` (Eq. 5), in [0, 1/4]."""
+    return prob * (1.0 - prob)
 
 
 def mu_schedule(step: int, warmup_steps: int, decay_steps: int, peak: float, valley: float) -> float:

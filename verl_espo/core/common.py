@@ -10,7 +10,18 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["PPO_LOG_RATIO_CLAMP", "PPOTokenTerms", "compute_dtype", "ppo_clip_token_terms"]
+__all__ = [
+    "PPO_LOG_RATIO_CLAMP",
+    "PPOTokenTerms",
+    "compute_dtype",
+    "masked",
+    "ppo_clip_token_terms",
+    "masked_ppo_token_terms",
+    "ppo_metrics",
+    "share",
+    "to_floats",
+    "with_rollout_weights",
+]
 
 #: Symmetric clamp on ``log_prob - old_log_prob`` before ``exp``, as in veRL's ``vanilla`` loss.
 PPO_LOG_RATIO_CLAMP = 20.0
@@ -19,6 +30,26 @@ PPO_LOG_RATIO_CLAMP = 20.0
 def compute_dtype(tensor: torch.Tensor) -> torch.dtype:
     """float64 stays float64 (exact reference tests), float32 stays float32; bf16/fp16 are computed in float32."""
     return torch.float64 if tensor.dtype == torch.float64 else torch.float32
+
+
+def masked(mask: torch.Tensor, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """``tensors`` in the compute dtype of the first, zeroed outside ``mask`` ("double where": inf/NaN there reach
+    neither the loss nor the gradient, and valid positions keep their values exactly)."""
+    dtype = compute_dtype(tensors[0])
+    return tuple(torch.where(mask, t.to(dtype), 0.0) for t in tensors)
+
+
+def share(count: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
+    """``count / total`` in float64, 0 where ``total`` is 0."""
+    return count.double() / total.double().clamp(min=1)
+
+
+def to_floats(named: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Scalar tensors by name as Python floats, read with a single device sync."""
+    if not named:
+        return {}
+    values = torch.stack([v.detach().double().reshape(()) for v in named.values()]).tolist()
+    return dict(zip(named, values))
 
 
 @dataclass
@@ -72,3 +103,40 @@ def ppo_clip_token_terms(
         clipped = torch.gt(losses2, losses1)
         dual_clipped = torch.gt(clipped_losses, losses3) & negative
     return PPOTokenTerms(pg_losses, clipped, dual_clipped, negative, -log_ratio.detach())
+
+
+def masked_ppo_token_terms(
+    log_prob: torch.Tensor,
+    old_log_prob: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    clip_ratio_low: float,
+    clip_ratio_high: float,
+    clip_ratio_c: float,
+) -> PPOTokenTerms:
+    """:func:`ppo_clip_token_terms` on the tokens of ``mask``, inputs zeroed elsewhere (:func:`masked`): every term
+    is exactly 0 outside ``mask`` (``A = 0`` there), so no later step needs to mask again."""
+    log_prob, old_log_prob, advantages = masked(mask.bool(), log_prob, old_log_prob, advantages)
+    return ppo_clip_token_terms(log_prob, old_log_prob, advantages, clip_ratio_low, clip_ratio_high, clip_ratio_c)
+
+
+def ppo_metrics(ppo: PPOTokenTerms, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    """veRL's ``vanilla`` metrics over the tokens of ``mask``: ``actor/pg_clipfrac``, ``actor/pg_clipfrac_lower``,
+    ``actor/ppo_kl`` (scalar tensors; ``ppo`` from :func:`masked_ppo_token_terms`)."""
+    with torch.no_grad():
+        mask = mask.bool()
+        n = torch.count_nonzero(mask)
+        return {
+            "actor/pg_clipfrac": share(torch.count_nonzero(ppo.clipped & mask), n),
+            "actor/pg_clipfrac_lower": share(torch.count_nonzero(ppo.dual_clipped & mask), n),
+            "actor/ppo_kl": share(torch.where(mask, ppo.neg_log_ratio, 0.0).sum(), n),
+        }
+
+
+def with_rollout_weights(
+    pg_losses: torch.Tensor, mask: torch.Tensor, rollout_is_weights: torch.Tensor | None
+) -> torch.Tensor:
+    """Token losses times veRL's rollout-correction weights (when given), zero outside ``mask``."""
+    if rollout_is_weights is None:
+        return pg_losses
+    return torch.where(mask, pg_losses * rollout_is_weights.to(pg_losses.dtype), 0.0)

@@ -27,7 +27,7 @@ from typing import Optional
 
 import torch
 
-from verl_espo.core.common import compute_dtype
+from verl_espo.core.common import compute_dtype, to_floats
 from verl_espo.core.entropy import (  # noqa: F401  (re-exported: their home before EGSPO shared them)
     batch_entropy_threshold,
     high_entropy_count,
@@ -350,20 +350,6 @@ def espo_token_grouping_terms(
     )
 
 
-#: Per-class metric names, in the order :func:`espo_metrics` computes them; ``token_frac`` and
-#: ``group_size_mean`` only where there are several classes (both are 1 for token groups).
-_CLASS_METRICS = (
-    "token_frac",
-    "group_size_mean",
-    "clipfrac_upper",
-    "clipfrac_lower",
-    "eps_mean",
-    "entropy_mean",
-    "log_ratio_abs_mean",
-    "log_ratio_abs_max",
-)
-
-
 def espo_metrics(terms: ESPOTerms, prefix: str = "actor/espo/") -> dict[str, float]:
     """Diagnostics of one (micro-)batch, read off :class:`ESPOTerms` with a single device sync.
 
@@ -376,42 +362,30 @@ def espo_metrics(terms: ESPOTerms, prefix: str = "actor/espo/") -> dict[str, flo
     ``L`` for token groups), ``grad_utilization`` (share of valid tokens whose gradient is neither clipped
     away nor clamped), ``actor/pg_clipfrac`` and ``actor/ppo_kl`` (veRL's names).
     """
-    names = _CLASS_METRICS if len(terms.group_names) > 1 else _CLASS_METRICS[2:]
     with torch.no_grad():
         n_valid = terms.num_valid.clamp(min=1).float()
         groups = terms.group_counts.sum(dim=-1).float()  # (C,) non-empty groups per class
         n_groups = groups.clamp(min=1)
         tokens = terms.group_sizes.sum(dim=-1).float()  # (C,)
         clip_frac = terms.clip_counts.float() / tokens.clamp(min=1).unsqueeze(-1)  # (C classes, 2 bounds)
-        per_class = {
-            "token_frac": tokens / n_valid,
-            "group_size_mean": tokens / n_groups,
-            "clipfrac_upper": clip_frac[:, 0],
-            "clipfrac_lower": clip_frac[:, 1],
-            "eps_mean": terms.eps_sum.float().sum(dim=-1) / n_groups,
-            "entropy_mean": terms.entropy_sum.float().sum(dim=-1) / n_groups,
-            "log_ratio_abs_mean": terms.abs_log_ratio_sum.float().sum(dim=-1) / n_groups,
-            "log_ratio_abs_max": _amax_last(terms.abs_log_ratio_max.float()),
-        }
-        rows = terms.row_valid.sum().clamp(min=1)
-        overall = torch.stack(
-            [
-                groups.sum() / rows,
-                1.0 - terms.lost_gradient_count.float() / n_valid,
-                terms.clip_counts.sum().float() / n_valid,
-                terms.neg_log_ratio_sum.float() / n_valid,
-            ]
+        per_class: dict[str, torch.Tensor] = {}
+        if len(terms.group_names) > 1:  # both are 1 for token groups
+            per_class.update(token_frac=tokens / n_valid, group_size_mean=tokens / n_groups)
+        per_class.update(
+            clipfrac_upper=clip_frac[:, 0],
+            clipfrac_lower=clip_frac[:, 1],
+            eps_mean=terms.eps_sum.float().sum(dim=-1) / n_groups,
+            entropy_mean=terms.entropy_sum.float().sum(dim=-1) / n_groups,
+            log_ratio_abs_mean=terms.abs_log_ratio_sum.float().sum(dim=-1) / n_groups,
+            log_ratio_abs_max=_amax_last(terms.abs_log_ratio_max.float()),
         )
-        values = torch.cat([torch.stack([per_class[name] for name in names]).flatten(), overall]).tolist()
-
-    metrics: dict[str, float] = {}
-    classes = len(terms.group_names)
-    for i, name in enumerate(names):
-        for j, group in enumerate(terms.group_names):
-            metrics[f"{prefix}{group}/{name}"] = values[i * classes + j]
-    tail = values[len(names) * classes :]
-    metrics[f"{prefix}num_groups_mean"] = tail[0]
-    metrics[f"{prefix}grad_utilization"] = tail[1]
-    metrics["actor/pg_clipfrac"] = tail[2]
-    metrics["actor/ppo_kl"] = tail[3]
-    return metrics
+        named = {
+            f"{prefix}{group}/{name}": values[j]
+            for name, values in per_class.items()
+            for j, group in enumerate(terms.group_names)
+        }
+        named[f"{prefix}num_groups_mean"] = groups.sum() / terms.row_valid.sum().clamp(min=1)
+        named[f"{prefix}grad_utilization"] = 1.0 - terms.lost_gradient_count.float() / n_valid
+        named["actor/pg_clipfrac"] = terms.clip_counts.sum().float() / n_valid
+        named["actor/ppo_kl"] = terms.neg_log_ratio_sum.float() / n_valid
+        return to_floats(named)

@@ -1,23 +1,23 @@
 """Policy losses the plugin registers in veRL's registry (importing this package registers them): ``espo``,
 ``egspo``, ``chord``, and ``gmpo`` (the recipes' GMPO baseline, normalised over the mini-batch).
 
-What each loss needs beyond veRL's ``PolicyLossFn`` arguments, and the channel that hands it over, live in
-:mod:`verl_espo.loss_inputs` (shared with the trainer and the actor loss, which must not depend on this package:
-a veRL change that breaks the loss registry must leave them registered).
+Each module registers its function with veRL's ``@register_policy_loss`` and, next to it, its
+:class:`~verl_espo.loss_inputs.LossSpec` (what the trainer, the actor loss, the config checks and the reports need
+to know about it). Shared wiring: :mod:`~verl_espo.losses.common` (config blocks, clip range) and
+:mod:`~verl_espo.losses.hybrid` (expert rows, CHORD's SFT term). Tensor math lives in :mod:`verl_espo.core`.
 """
 
 from __future__ import annotations
 
-from verl_espo.loss_inputs import (
-    ENTROPY_AWARE_LOSS_MODES,
-    HYBRID_LOSS_MODES,
-    LOSS_INPUTS,
-    PLUGIN_LOSS_MODES,
-    MissingLossInputError,
-)
-from verl_espo.losses.egspo import compute_policy_loss_chord, compute_policy_loss_egspo
+from verl_espo.loss_inputs import MissingLossInputError, loss_spec, loss_specs
+from verl_espo.losses.chord import compute_policy_loss_chord
+from verl_espo.losses.egspo import compute_policy_loss_egspo
+
+# isort: off  (registration order is the order of the losses' figures in reports)
 from verl_espo.losses.espo import compute_policy_loss_espo
 from verl_espo.losses.gmpo import compute_policy_loss_gmpo
+
+# isort: on
 
 __all__ = [
     "compute_policy_loss_espo",
@@ -25,8 +25,6 @@ __all__ = [
     "compute_policy_loss_chord",
     "compute_policy_loss_gmpo",
     "MissingLossInputError",
-    "LOSS_INPUTS",
-    "ENTROPY_AWARE_LOSS_MODES",
-    "PLUGIN_LOSS_MODES",
-    "HYBRID_LOSS_MODES",
+    "loss_spec",
+    "loss_specs",
 ]

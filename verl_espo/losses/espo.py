@@ -17,29 +17,52 @@ from verl.workers.config import ActorConfig
 from verl_espo.config.loss import ESPO_KEY_PREFIX, ESPOConfig
 from verl_espo.core.entropy import high_entropy_count, sequence_high_entropy_mask, threshold_high_entropy_mask
 from verl_espo.core.espo import espo_metrics, espo_token_grouping_terms, espo_token_terms
-from verl_espo.loss_inputs import MissingLossInputError, current_extras, missing_old_entropy_message
+from verl_espo.loss_inputs import (
+    LossPlot,
+    LossSpec,
+    MissingLossInputError,
+    StepThreshold,
+    loss_input,
+    missing_old_entropy_message,
+    register_loss_spec,
+)
+from verl_espo.losses.common import clip_ratios, config_blocks
 
-__all__ = ["compute_policy_loss_espo", "MissingOldEntropyError", "resolve_vocab_size"]
+__all__ = ["ESPO_SPEC", "compute_policy_loss_espo", "MissingOldEntropyError", "resolve_vocab_size"]
+
+_UPPER, _LOWER = "upper (1+eps, A>0)", "lower (1-eps, A<0)"
+_HIGH = ("espo_clip_fraction", "ESPO high-entropy group", "fraction of group tokens clipped")
+_LOW = ("espo_clip_fraction", "ESPO low-entropy group", "fraction of group tokens clipped")
+_TOKEN = ("espo_clip_fraction", "ESPO per-token groups (grouping=token)", "fraction of tokens clipped")
+_EPS = ("espo_eps", "ESPO clip half-width per group", "eps (ratio deviation)")
+# fmt: off
+ESPO_SPEC = register_loss_spec(
+    LossSpec(
+        name="espo",
+        label="ESPO",
+        config_blocks=("espo",),
+        old_entropy=True,
+        step_threshold=StepThreshold(block="espo", key="grouping"),
+        plots=(
+            LossPlot(*_HIGH,  "actor/espo/high/clipfrac_upper",  _UPPER),
+            LossPlot(*_HIGH,  "actor/espo/high/clipfrac_lower",  _LOWER),
+            LossPlot(*_LOW,   "actor/espo/low/clipfrac_upper",   _UPPER),
+            LossPlot(*_LOW,   "actor/espo/low/clipfrac_lower",   _LOWER),
+            LossPlot(*_EPS,   "actor/espo/high/eps_mean",        "high-entropy group"),
+            LossPlot(*_EPS,   "actor/espo/low/eps_mean",         "low-entropy group"),
+            LossPlot(*_TOKEN, "actor/espo/token/clipfrac_upper", _UPPER),
+            LossPlot(*_TOKEN, "actor/espo/token/clipfrac_lower", _LOWER),
+            LossPlot(*_EPS,   "actor/espo/token/eps_mean",       "per token (grouping=token)"),
+        ),
+    )
+)
+# fmt: on
 
 MISSING_ENTROPY_HELP = missing_old_entropy_message("ESPO groups tokens by", "espo")
 
 
 class MissingOldEntropyError(MissingLossInputError):
     """The loss was called without the old policy's per-token entropy."""
-
-
-def _espo_params(config: Optional[ActorConfig]) -> ESPOConfig:
-    if config is None:
-        raise ValueError("the espo policy loss needs the actor config (`config=`)")
-    params = config.policy_loss.get("espo", None) if config.policy_loss is not None else None
-    if not isinstance(params, ESPOConfig):
-        raise ValueError(
-            "loss_mode=espo needs "
-            "`actor_rollout_ref.actor.policy_loss._target_=verl_espo.config.PluginPolicyLossConfig` "
-            "(set by the plugin's configs, `--config-path=pkg://verl_espo.config --config-name=espo_trainer`); "
-            f"got policy_loss of type {type(config.policy_loss).__name__} without an ESPOConfig `espo` block"
-        )
-    return params
 
 
 def resolve_vocab_size(config: ActorConfig, params: ESPOConfig) -> int:
@@ -87,10 +110,10 @@ def compute_policy_loss_espo(
         old_log_prob, log_prob, advantages, response_mask: ``(B, T)`` padded tensors, as for veRL's losses.
         loss_agg_mode: the actor's ``loss_agg_mode``; used only with ``espo.aggregation=actor``.
         config: the actor config whose ``policy_loss`` is an
-            :class:`~verl_espo.config.ESPOPolicyLossConfig`; aggregation uses ``config.global_batch_info``.
+            :class:`~verl_espo.config.PluginPolicyLossConfig`; aggregation uses ``config.global_batch_info``.
         rollout_is_weights: optional ``(B, T)`` rollout-correction weights multiplying the token losses.
         old_entropy: ``(B, T)`` old-policy entropy. When omitted, taken from the plugin's actor loss
-            (:mod:`verl_espo.loss_inputs`); an error if neither provides it.
+            (:func:`verl_espo.loss_inputs.loss_input`); an error if neither provides it.
         entropy_threshold: the step-level threshold for ``espo.grouping=batch`` (from the trainer when
             omitted); unused by the other groupings.
 
@@ -99,24 +122,23 @@ def compute_policy_loss_espo(
         groupings, ``token/*`` for ``grouping=token``; see :func:`~verl_espo.core.espo.espo_metrics`),
         ``actor/pg_clipfrac``, ``actor/ppo_kl``, ``actor/pg_clipfrac_lower`` (always 0: ESPO has no dual clip).
     """
-    params = _espo_params(config)
-    extras = current_extras()
-    if old_entropy is None:
-        old_entropy = extras.get("old_entropy")
+    (params,) = config_blocks(config, ESPO_SPEC)
+    old_entropy = loss_input("old_entropy", old_entropy)
     if old_entropy is None:
         raise MissingOldEntropyError(MISSING_ENTROPY_HELP)
     if old_entropy.shape != log_prob.shape:
         raise ValueError(f"old_entropy has shape {tuple(old_entropy.shape)}, expected {tuple(log_prob.shape)}")
 
     metrics: dict[str, Any] = {}
+    clip_ratio_low, clip_ratio_high = clip_ratios(config)
     options = dict(
         ratio=params.ratio,
         clip=params.clip,
         alpha=params.alpha,
         vocab_size=resolve_vocab_size(config, params) if params.clip == "adaptive" else None,
         eps_min=float(params.eps_min),
-        clip_ratio_low=config.clip_ratio_low if config.clip_ratio_low is not None else config.clip_ratio,
-        clip_ratio_high=config.clip_ratio_high if config.clip_ratio_high is not None else config.clip_ratio,
+        clip_ratio_low=clip_ratio_low,
+        clip_ratio_high=clip_ratio_high,
         rollout_is_weights=rollout_is_weights,
     )
     if params.grouping == "token":  # every token its own group: needs neither rho nor a step threshold
@@ -125,13 +147,12 @@ def compute_policy_loss_espo(
         if params.grouping == "sequence":
             high = sequence_high_entropy_mask(old_entropy, response_mask, params.high_entropy_ratio, ties=params.ties)
         else:
-            if entropy_threshold is None:
-                entropy_threshold = extras.get("entropy_threshold")
+            entropy_threshold = loss_input("entropy_threshold", entropy_threshold)
             if entropy_threshold is None:
                 raise MissingLossInputError(
                     f"{ESPO_KEY_PREFIX}.grouping=batch needs the step-level entropy threshold that the plugin's "
-                    "trainer computes once per step (`trainer.v1.trainer_mode=plugin_sync`, or its older name "
-                    "espo_sync); none reached the loss. When calling the loss directly, pass `entropy_threshold=`."
+                    "trainer computes once per step (`trainer.v1.trainer_mode=plugin_sync`); none reached the loss. "
+                    "When calling the loss directly, pass `entropy_threshold=`."
                 )
             high = threshold_high_entropy_mask(old_entropy, response_mask, float(entropy_threshold))
             metrics["actor/espo/entropy_threshold"] = float(entropy_threshold)

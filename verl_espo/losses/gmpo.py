@@ -25,8 +25,13 @@ from verl.trainer.ppo.core_algos import agg_loss, register_policy_loss
 from verl.workers.config import ActorConfig
 
 from verl_espo.core.common import compute_dtype
+from verl_espo.loss_inputs import LossSpec, register_loss_spec
+from verl_espo.losses.common import clip_ratios
 
-__all__ = ["compute_policy_loss_gmpo", "gmpo_row_losses"]
+__all__ = ["GMPO_SPEC", "compute_policy_loss_gmpo", "gmpo_row_losses"]
+
+#: veRL's keys only, no input from the plugin's trainer, veRL's metric names.
+GMPO_SPEC = register_loss_spec(LossSpec(name="gmpo", label="GMPO"))
 
 
 def gmpo_row_losses(
@@ -85,8 +90,7 @@ def compute_policy_loss_gmpo(
     """
     if config is None:
         raise ValueError("the gmpo policy loss needs the actor config (`config=`)")
-    clip_ratio_low = config.clip_ratio_low if config.clip_ratio_low is not None else config.clip_ratio
-    clip_ratio_high = config.clip_ratio_high if config.clip_ratio_high is not None else config.clip_ratio
+    clip_ratio_low, clip_ratio_high = clip_ratios(config)
     row_losses, clipped = gmpo_row_losses(
         log_prob, old_log_prob, advantages, response_mask, clip_ratio_low, clip_ratio_high, rollout_is_weights
     )

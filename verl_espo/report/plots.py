@@ -1,4 +1,4 @@
-"""Paper-style PNG figures of one or several runs: training curves (:data:`~verl_espo.report.figures.PLOTS`)
+"""Paper-style PNG figures of one or several runs: training curves (:func:`~verl_espo.report.figures.plot_rows`)
 and validation accuracy per benchmark.
 
 Drawn with matplotlib's object API on an Agg canvas: headless, and no pyplot, so the global backend of the
@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
-from verl_espo.report.figures import PLOTS, PlotRow
+from verl_espo.report.figures import PlotRow, plot_rows
 from verl_espo.report.runs import Run
 from verl_espo.report.smoothing import SmoothingConfig, smooth
 from verl_espo.report.validation import Benchmark
@@ -89,13 +89,13 @@ def _save(fig: Figure, path: Path) -> Path:
 def plot_training_curves(
     runs: Sequence[Run], out_dir: str | Path, smoothing: SmoothingConfig = SmoothingConfig()
 ) -> PlotResult:
-    """One PNG per ``file`` of :data:`PLOTS` that any run logged; skipped figures and absent runs become notes."""
+    """One PNG per ``file`` of :func:`plot_rows` that any run logged; skipped figures and absent runs become notes."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     colors = run_colors(runs)
     result = PlotResult()
     by_file: dict[str, list[PlotRow]] = {}
-    for row in PLOTS:
+    for row in plot_rows():
         by_file.setdefault(row.file, []).append(row)
 
     for file, rows in by_file.items():

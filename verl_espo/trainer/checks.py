@@ -6,7 +6,7 @@ from omegaconf import DictConfig, OmegaConf
 from verl.utils.config import omega_conf_to_dataclass
 
 from verl_espo.config.loss import PluginPolicyLossConfig
-from verl_espo.loss_inputs import ENTROPY_AWARE_LOSS_MODES, HYBRID_LOSS_MODES, PLUGIN_LOSS_MODES
+from verl_espo.loss_inputs import loss_spec, loss_specs
 from verl_espo.trainer.expert_data import EXPERT_DATA_KEY, ExpertDataConfig
 
 __all__ = ["check_trainer_config", "expert_data_config"]
@@ -22,8 +22,9 @@ def check_trainer_config(config: DictConfig) -> None:
     """Raise ``ValueError`` naming the key and the fix for settings the plugin's trainer cannot honour."""
     actor = config.actor_rollout_ref.actor
     loss_mode = actor.policy_loss.get("loss_mode", "vanilla")
+    spec = loss_spec(loss_mode)
     rollout_correction = config.algorithm.get("rollout_correction", None)
-    if loss_mode in ENTROPY_AWARE_LOSS_MODES and rollout_correction and rollout_correction.get("bypass_mode", False):
+    if spec is not None and spec.old_entropy and rollout_correction and rollout_correction.get("bypass_mode", False):
         raise ValueError(
             f"policy_loss.loss_mode={loss_mode} needs the old policy's entropy, which veRL computes in the "
             "old-log-prob pass that algorithm.rollout_correction.bypass_mode=true skips (it also replaces the "
@@ -35,7 +36,7 @@ def check_trainer_config(config: DictConfig) -> None:
             "the plugin's trainer (trainer.v1.trainer_mode=plugin_sync) installs the plugin's actor loss, which would "
             "replace veRL's distillation loss; on-policy distillation is not supported with it."
         )
-    if loss_mode in PLUGIN_LOSS_MODES:
+    if spec is not None and spec.config_blocks:
         actor_config = omega_conf_to_dataclass(actor)  # runs the config dataclasses' validation
         if not isinstance(actor_config.policy_loss, PluginPolicyLossConfig):
             raise ValueError(
@@ -46,10 +47,11 @@ def check_trainer_config(config: DictConfig) -> None:
     expert = expert_data_config(config)
     if not expert.enabled:
         return
-    if loss_mode not in HYBRID_LOSS_MODES:
+    if spec is None or not spec.expert_rows:
+        hybrid = sorted(name for name, other in loss_specs().items() if other.expert_rows)
         raise ValueError(
             f"{EXPERT_DATA_KEY}.files is set, but policy_loss.loss_mode={loss_mode} does not train on expert rows; use "
-            f"loss_mode in {sorted(HYBRID_LOSS_MODES)} or set {EXPERT_DATA_KEY}.files=null"
+            f"loss_mode in {hybrid} or set {EXPERT_DATA_KEY}.files=null"
         )
     train_batch_size = int(config.data.train_batch_size)
     if int(actor.ppo_mini_batch_size) != train_batch_size:

@@ -2,7 +2,8 @@
 trainer under its name from before EGSPO).
 
 Selected with ``trainer.v1.trainer_mode=plugin_sync`` (the default of the plugin's ``*_trainer`` configs). It
-behaves exactly like veRL's ``sync`` trainer, plus, for the losses of :data:`verl_espo.loss_inputs.LOSS_INPUTS`:
+behaves exactly like veRL's ``sync`` trainer, plus, for the losses whose :class:`~verl_espo.loss_inputs.LossSpec`
+asks for them:
 
 1. at start-up it refuses settings it cannot honour (:func:`~verl_espo.trainer.checks.check_trainer_config`);
 2. after the workers are built it installs the plugin's actor loss through veRL's public
@@ -11,7 +12,7 @@ behaves exactly like veRL's ``sync`` trainer, plus, for the losses of :data:`ver
    before the old-log-prob pass (CHORD's sample-level mixing): flagged ``is_expert``, no reward call, their own
    GRPO-free advantage (zero), excluded from veRL's reward/length metrics (tagged like veRL's padding rows);
 4. once per step, before the actor update, it computes the step-level statistics the loss needs: the entropy
-   threshold over the step's rollout tokens (ESPO ``grouping=batch``, EGSPO ``gate=batch``), CHORD's ``mu`` and
+   threshold over the step's rollout tokens (the spec's ``step_threshold``, when its key is on), CHORD's ``mu`` and
    the per-type token and row counts, and hands them to every micro-batch and rank.
 """
 
@@ -22,7 +23,7 @@ import logging
 import math
 import os
 from collections.abc import Iterator
-from typing import Any, Optional
+from typing import Optional
 
 import torch
 import transfer_queue as tq
@@ -42,7 +43,8 @@ from verl.utils.tensordict_utils import list_of_dict_to_tensordict
 from verl_espo.advantages import EXPERT_UID_PREFIX
 from verl_espo.core.chord import hybrid_counts, mu_schedule
 from verl_espo.core.entropy import batch_entropy_threshold
-from verl_espo.loss_inputs import LOSS_INPUTS
+from verl_espo.loss_inputs import step_threshold_ratio
+from verl_espo.losses.egspo import needs_gate_weight_mean, step_gate_weight_mean
 from verl_espo.trainer.checks import check_trainer_config, expert_data_config
 from verl_espo.trainer.expert_data import ExpertDemonstrations, expert_row
 from verl_espo.workers.actor_loss import (
@@ -66,27 +68,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-
-def step_threshold_ratio(policy_loss: Any) -> Optional[float]:
-    """``rho`` of the step-level entropy threshold the configured loss needs, or ``None`` if it needs none."""
-    loss_mode = policy_loss.get("loss_mode", "vanilla")
-    if "step_threshold" not in LOSS_INPUTS.get(loss_mode, frozenset()):
-        return None
-    if loss_mode == "espo":
-        block, key = policy_loss.get("espo", {}), "grouping"
-    else:
-        block, key = policy_loss.get(loss_mode, {}), "gate"
-    if block is None or block.get(key, None) != "batch":
-        return None
-    return float(block.get("high_entropy_ratio", 0.2))
-
-
-def needs_gate_weight_mean(policy_loss: Any) -> bool:
-    """Whether the configured loss is EGSPO with ``egspo.rl_normalization=gate_weight``."""
-    if policy_loss.get("loss_mode", "vanilla") != "egspo":
-        return False
-    return (policy_loss.get("egspo", None) or {}).get("rl_normalization", "tokens") == "gate_weight"
 
 
 def _flat_tokens(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -266,7 +247,6 @@ class PluginTrainerMixin:
     def _gate_weight_mean(self, data: TensorDict, expert: torch.Tensor, threshold: Optional[float]) -> float:
         """The step's mean EGSPO gate weight over its rollout tokens, on the old policy (padded once per step)."""
         from verl_espo.config.loss import EGSPOConfig
-        from verl_espo.losses.egspo import step_gate_weight_mean
 
         padded = data.select("response_mask", OLD_ENTROPY_KEY, "old_log_probs").to_padded_tensor()
         mask = padded["response_mask"].bool() & ~expert.unsqueeze(-1)

@@ -1,16 +1,16 @@
 """The plugin's actor loss: veRL's ``ppo_loss`` plus the inputs the plugin's losses need.
 
 Installed in the actor workers by the plugin's trainer (``plugin_sync``) through veRL's public
-``ActorRolloutRefWorker.set_loss_fn``. For ``loss_mode`` values outside
-:data:`~verl_espo.loss_inputs.PLUGIN_LOSS_MODES` it *is* veRL's ``ppo_loss`` (same call, same result).
-For the plugin's losses it calls the same ``ppo_loss`` (so the KL loss, entropy bonus and metric aggregation
-are veRL's) inside :func:`~verl_espo.loss_inputs.policy_loss_extras`, which hands the policy loss:
+``ActorRolloutRefWorker.set_loss_fn``. For a ``loss_mode`` without a :class:`~verl_espo.loss_inputs.LossSpec`
+it *is* veRL's ``ppo_loss`` (same call, same result). For a declared loss it calls the same ``ppo_loss`` (so the
+KL loss, entropy bonus and metric aggregation are veRL's) inside :func:`~verl_espo.loss_inputs.policy_loss_extras`,
+which hands the policy loss:
 
 * ``old_entropy``: the old policy's per-token entropy, padded like ``old_log_probs``. veRL's V1 trainer
   computes it in the old-log-prob pass (rollout temperature) and keeps it in the batch under ``entropy``;
   the current policy's entropy is ``model_output["entropy"]`` and is not used here.
 * ``entropy_threshold``: the step-level threshold (non-tensor batch data ``entropy_threshold``, set by the
-  trainer for ESPO's ``grouping=batch`` and EGSPO's ``gate=batch``).
+  trainer when the loss's spec asks for one, e.g. ESPO's ``grouping=batch`` and EGSPO's ``gate=batch``).
 * ``expert_mask``, ``mu``, ``hybrid_counts``: the expert rows of hybrid training (tensor field ``is_expert``),
   the step's SFT weight and the step's per-type counts (non-tensor data, set by the trainer).
 * ``gate_weight_mean``: the step's mean EGSPO gate weight (``egspo.rl_normalization=gate_weight``, set by the
@@ -31,7 +31,7 @@ from verl.utils.metric import AggregationType, Metric
 from verl.workers.config import ActorConfig
 from verl.workers.utils import losses as verl_losses
 
-from verl_espo.loss_inputs import PLUGIN_LOSS_MODES, policy_loss_extras
+from verl_espo.loss_inputs import loss_spec, policy_loss_extras
 
 __all__ = [
     "entropy_aware_ppo_loss",
@@ -43,7 +43,6 @@ __all__ = [
     "MU_KEY",
     "HYBRID_COUNTS_KEY",
     "GATE_WEIGHT_MEAN_KEY",
-    "SUM_METRICS",
     "padded_old_entropy",
     "row_flags",
 ]
@@ -60,8 +59,6 @@ MU_KEY = "hybrid_mu"
 HYBRID_COUNTS_KEY = "hybrid_counts"
 #: Non-tensor batch key of the step's mean EGSPO gate weight (``egspo.rl_normalization=gate_weight``).
 GATE_WEIGHT_MEAN_KEY = "egspo_gate_weight_mean"
-#: Metrics normalised like the loss itself: summed over micro-batches and ranks, as veRL does for ``pg_loss``.
-SUM_METRICS = frozenset({"actor/hybrid/rl_loss", "actor/hybrid/sft_loss"})
 
 
 def row_flags(field: torch.Tensor) -> torch.Tensor:
@@ -90,8 +87,8 @@ def entropy_aware_ppo_loss(
     config: ActorConfig, model_output: dict[str, Any], data: TensorDict, dp_group=None
 ) -> tuple[torch.Tensor, dict[str, Any]]:
     """Drop-in replacement for ``verl.workers.utils.losses.ppo_loss`` (same signature and return value)."""
-    loss_mode = config.policy_loss.get("loss_mode", "vanilla")
-    if loss_mode not in PLUGIN_LOSS_MODES:
+    spec = loss_spec(config.policy_loss.get("loss_mode", "vanilla"))
+    if spec is None:
         return verl_losses.ppo_loss(config, model_output, data, dp_group)
 
     old_entropy = padded_old_entropy(data)
@@ -112,13 +109,14 @@ def entropy_aware_ppo_loss(
         or config.loss_scale_factor is not None
     )  # the rule ppo_loss uses for its own loss metrics
 
-    # Maxima over micro-batches and ranks, not means (ppo_loss wraps every policy-loss metric as MEAN).
+    # Maxima over micro-batches and ranks, not means (ppo_loss wraps every policy-loss metric as MEAN); the spec's
+    # sum metrics are normalised like the loss itself, so summed as veRL sums `actor/pg_loss`.
     for key, metric in list(metrics.items()):
         if key.endswith("_max") and isinstance(metric, Metric) and metric.aggregation == AggregationType.MEAN:
             maximum = Metric(AggregationType.MAX)
             maximum.extend(metric.values)
             metrics[key] = maximum
-        elif key in SUM_METRICS and isinstance(metric, Metric) and sum_aggregation:
+        elif key in spec.sum_metrics and isinstance(metric, Metric) and sum_aggregation:
             total = Metric(AggregationType.SUM)
             total.extend(metric.values)
             metrics[key] = total
@@ -134,7 +132,7 @@ def entropy_aware_ppo_loss(
             loss_agg_mode=config.loss_agg_mode,
             **config.global_batch_info,
         )
-    metrics[f"actor/{loss_mode}/old_entropy"] = Metric(
+    metrics[f"{spec.metric_prefix}old_entropy"] = Metric(
         AggregationType.SUM if sum_aggregation else AggregationType.MEAN, old_entropy_agg
     )
     return loss, metrics
