@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["PLOTS", "PlotRow", "figure_files"]
+__all__ = ["PLOTS", "PlotRow", "figure_files", "plot_rows"]
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,11 @@ PLOTS: tuple[PlotRow, ...] = (
 # fmt: on
 
 
+def plot_rows() -> tuple[PlotRow, ...]:
+    """The curves the report draws, in figure order: the one place the report's plot selection is read from."""
+    return PLOTS
+
+
 def figure_files() -> list[str]:
     """The training-curve PNG names, in table order."""
-    return list(dict.fromkeys(row.file for row in PLOTS))
+    return list(dict.fromkeys(row.file for row in plot_rows()))
