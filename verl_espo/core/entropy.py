@@ -83,8 +83,8 @@ def batch_entropy_threshold(entropy: torch.Tensor, response_mask: torch.Tensor, 
     values sorted in descending order); bf16/fp16/fp32 are compared in float32, float64 in float64.
     Returns ``inf`` when there is no valid token and NaN when a valid entropy is NaN. ``entropy`` and
     ``response_mask`` may have any shapes with the same number of elements. One ``torch.topk`` over the
-    valid values: 0.4 s at the ESPO paper's 16.8M tokens per step on 2 busy CPU cores
-    (docs/performance.md).
+    valid values: 0.35-0.48 s at the ESPO paper's 16.8M tokens per step on 2 lightly loaded CPU cores, a few
+    seconds on oversubscribed ones (docs/performance.md).
     """
     if response_mask.numel() != entropy.numel():
         raise ValueError(f"response_mask has {response_mask.numel()} elements, entropy {entropy.numel()}")
