@@ -54,12 +54,14 @@ def pick_value(run: Run, key: str, at: str) -> tuple[float | None, int | None]:
     return float(series[step]), step
 
 
-def result_values(runs: Sequence[Run], benchmarks: Sequence[Benchmark], at: str) -> pd.DataFrame:
-    """The results' numbers as logged: one row per run, per benchmark its ``value`` and ``step`` (NaN if absent)."""
-    picked = {(run.name, bench.key): pick_value(run, bench.key, at) for run in runs for bench in benchmarks}
-    frame = pd.DataFrame.from_dict(picked, orient="index", columns=["value", "step"], dtype="float64")
-    frame.index = pd.MultiIndex.from_tuples(picked, names=["run", "key"]) if picked else frame.index
-    return frame
+def result_values(runs: Sequence[Run], benchmarks: Sequence[Benchmark], at: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The results' numbers as logged and their steps: one row per run, one column per benchmark key (NaN if
+    absent)."""
+    picked = [[pick_value(run, bench.key, at) for bench in benchmarks] for run in runs]
+    names, keys = [run.name for run in runs], [bench.key for bench in benchmarks]
+    values = pd.DataFrame([[v for v, _ in row] for row in picked], index=names, columns=keys, dtype="float64")
+    steps = pd.DataFrame([[s for _, s in row] for row in picked], index=names, columns=keys, dtype="float64")
+    return values, steps
 
 
 def _bold_best(cells: pd.Series) -> pd.Series:
@@ -81,18 +83,14 @@ def results_table(
     """
     if at not in AT_CHOICES:
         raise ValueError(f"--at must be one of {AT_CHOICES}, got {at!r}")
-    picked = result_values(runs, benchmarks, at)
-    names = [run.name for run in runs]
-    values = pd.DataFrame({b.label: [picked.loc[(n, b.key), "value"] for n in names] for b in benchmarks}, index=names)
-    scales = pd.Series({b.label: b.scale for b in benchmarks}, dtype="float64")
-    shown = values.mul(scales, axis=1) if benchmarks else values
+    values, steps = result_values(runs, benchmarks, at)
+    shown = values.mul([b.scale for b in benchmarks], axis=1).set_axis([b.label for b in benchmarks], axis=1)
     if len(benchmarks) > 1 and all(b.var == "acc" for b in benchmarks):
         shown["average"] = 100 * values.mean(axis=1, skipna=False)
     cells = shown.map(lambda v: DASH if pd.isna(v) else f"{v:.{digits}f}").apply(_bold_best)
-    cells.insert(0, "run", names)
+    cells.insert(0, "run", values.index)
     if at == "last":
-        steps = [picked.loc[n, "step"].max() if benchmarks else math.nan for n in names]
-        cells["step"] = [DASH if pd.isna(s) else str(int(s)) for s in steps]
+        cells["step"] = steps.max(axis=1).map(lambda s: DASH if pd.isna(s) else str(int(s)))
     table = cells.reset_index(drop=True).astype(object)
     table.attrs.update(title=f"Validation accuracy ({at} validation)", align="l" + "r" * (table.shape[1] - 1))
     return table

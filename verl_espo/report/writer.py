@@ -65,8 +65,9 @@ def _figure_markdown(files: Sequence[Path], out_dir: Path) -> list[str]:
 def _results_json(runs: Sequence[Run], benches, at: str) -> dict:
     """The results table's numbers exactly as logged: ``{run: {metric key: {"value", "step"}}}``."""
     out: dict[str, dict] = {run.name: {} for run in runs}
-    for (name, key), row in result_values(runs, benches, at).dropna().iterrows():
-        out[name][key] = {"value": float(row["value"]), "step": int(row["step"])}
+    values, steps = result_values(runs, benches, at)
+    for (name, key), value in values.stack().dropna().items():  # NaN: not logged
+        out[name][key] = {"value": float(value), "step": int(steps.loc[name, key])}
     return out
 
 
