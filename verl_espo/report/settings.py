@@ -78,7 +78,8 @@ def differing_settings(runs: Sequence[Run], ignore: Sequence[str] = DEFAULT_IGNO
     """Config keys whose value is not the same in every run that has a config (``fnmatch`` patterns in ``ignore``).
 
     One row per key (sorted), one column per run with a config, in run order; cells are the values as
-    table text (:func:`format_value` at full width), ``"(unset)"`` where a run's config lacks the key.
+    table text (:func:`format_value` at full width), compared as that text; ``"(unset)"`` where a run's
+    config lacks the key.
     Empty when fewer than two runs have a config.
     """
     with_config = [run for run in runs if run.config is not None]
