@@ -1,14 +1,13 @@
-"""Time the step-level entropy threshold (``espo.grouping=batch``) at the ESPO paper's scale.
+"""Time the step-level entropy threshold (``espo.grouping=batch``, EGSPO's ``gate=batch``) at the ESPO paper's scale.
 
 One training step of the paper is 1,024 responses x up to 16,384 tokens (128 prompts x 8 samples, 16k
 max length): 16.8M old-policy entropies, of which the ``ceil(0.2 N)`` = 3.4M-th largest is the threshold.
-This runs, on the same data and round-robin so machine noise hits all alike:
+This runs, on the same data and round-robin so machine noise hits both alike:
 
-* ``topk``: ``batch_entropy_threshold`` before the switch (masked copy, ``torch.topk``), frozen here;
-* ``kthvalue``: the same masked copy, then ``torch.kthvalue`` (quickselect on CPU);
-* ``radix``: :func:`verl_espo.core.selection.step_entropy_threshold` (histogram radix select, streamed).
+* ``topk``: :func:`verl_espo.core.entropy.batch_entropy_threshold` (masked copy, ``torch.topk``, ``min``);
+* ``kthvalue``: the same masked copy, then ``torch.kthvalue`` (quickselect on CPU).
 
-It checks the three agree exactly, and reports the best and median time and the peak extra memory of each
+It checks the two agree exactly, and reports the best and median time and the peak extra memory of each
 (host: the process's peak resident set above its size before the call, measured by resetting the Linux
 high-water mark; CUDA: ``max_memory_allocated`` above the allocation before the call).
 
@@ -33,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from verl_espo.core.selection import high_share_count, step_entropy_threshold
+from verl_espo.core.entropy import batch_entropy_threshold, high_entropy_count
 
 LN_VOCAB = math.log(151_936)  # Qwen3's vocabulary: the entropy's upper bound
 
@@ -64,17 +63,14 @@ def make_inputs(rows: int, tokens: int, layout: str, dtype: torch.dtype, device:
     return entropy.to(device=device, dtype=dtype), mask.to(device)
 
 
-def topk_threshold(entropy: torch.Tensor, mask: torch.Tensor, rho: float) -> float:
-    """``batch_entropy_threshold`` as it was before the radix selection (a masked copy, then ``topk``)."""
-    values = entropy.to(torch.float64 if entropy.dtype == torch.float64 else torch.float32)[mask.bool()]
-    n = values.numel()
-    if n == 0:
-        return math.inf
-    return float(torch.topk(values, high_share_count(rho, n), sorted=False).values.min().item())
+def high_share_count(rho: float, n: int) -> int:
+    return int(high_entropy_count(rho, torch.tensor(n)))
 
 
 def kthvalue_threshold(entropy: torch.Tensor, mask: torch.Tensor, rho: float) -> float:
-    values = entropy.to(torch.float64 if entropy.dtype == torch.float64 else torch.float32)[mask.bool()]
+    values = entropy.reshape(-1)[mask.reshape(-1).bool()].to(
+        torch.float64 if entropy.dtype == torch.float64 else torch.float32
+    )
     n = values.numel()
     if n == 0:
         return math.inf
@@ -82,7 +78,7 @@ def kthvalue_threshold(entropy: torch.Tensor, mask: torch.Tensor, rho: float) ->
     return float(torch.kthvalue(values, n - k + 1).values.item())  # k-th largest = (n-k+1)-th smallest
 
 
-METHODS = {"topk": topk_threshold, "kthvalue": kthvalue_threshold, "radix": step_entropy_threshold}
+METHODS = {"topk": batch_entropy_threshold, "kthvalue": kthvalue_threshold}
 
 
 def _sync(device: torch.device) -> None:
@@ -132,7 +128,7 @@ def main() -> None:
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float64"], default="float32")
     parser.add_argument("--rho", type=float, default=0.2)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--methods", default="topk,kthvalue,radix")
+    parser.add_argument("--methods", default="topk,kthvalue")
     parser.add_argument("--step-seconds", type=float, default=60.0, help="assumed training step time")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")

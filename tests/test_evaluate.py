@@ -282,6 +282,12 @@ def test_collect_samples_errors():
         collect_samples([record("a", 5, True)], [EvalSet("a", None, 1)], {"a": 1})
 
 
+def _table_rows(md: str) -> dict[str, list[str]]:
+    """Markdown table rows by their first cell: the cells, stripped."""
+    rows = [[c.strip() for c in line.split("|")[1:-1]] for line in md.splitlines() if line.startswith("| ")]
+    return {cells[0]: cells for cells in rows}
+
+
 def test_markdown_table():
     benches = {
         "aime2024": {"protocol": "avg@4", "num_problems": 30, "mean": 0.125, "stderr": 0.0312, "missing_samples": 2,
@@ -296,9 +302,10 @@ def test_markdown_table():
     lines = md.splitlines()
     assert lines[0] == "# Evaluation of `ckpt`"
     assert "temperature 1.0, top-p 1.0, top-k -1, max response length 16384 tokens (prompt 2048)" in md
-    assert "| benchmark | protocol | problems | mean | pass@1 | pass@2 | pass@4 |" in lines
-    assert "| aime2024 | avg@4 | 30 | 12.5 ± 3.1 | 12.5 ± 3.1 | 20.0 ± 4.0 | 30.0 |" in lines
-    assert "| math500 | accuracy | 500 | 50.0 ± 2.2 | 50.0 ± 2.2 | – | – |" in lines
+    rows = _table_rows(md)
+    assert rows["benchmark"] == ["benchmark", "protocol", "problems", "mean", "pass@1", "pass@2", "pass@4"]
+    assert rows["aime2024"] == ["aime2024", "avg@4", "30", "12.5 ± 3.1", "12.5 ± 3.1", "20.0 ± 4.0", "30.0"]
+    assert rows["math500"] == ["math500", "accuracy", "500", "50.0 ± 2.2", "50.0 ± 2.2", "–", "–"]
     assert lines[-1] == "Responses veRL did not produce (counted as wrong): aime2024 2."
 
 
@@ -380,4 +387,6 @@ def test_cpu_evaluation_of_the_bundled_model(tmp_path):
         assert bench["verl_metrics"], bench
         for value in bench["verl_metrics"].values():
             assert value == pytest.approx(bench["mean"])
-        assert f"| {name} | avg@{n[name]} | {len(problems[name])} | {100 * bench['mean']:.1f} ± " in md
+        cells = _table_rows(md)[name]
+        assert cells[1:3] == [f"avg@{n[name]}", str(len(problems[name]))]
+        assert cells[3].startswith(f"{100 * bench['mean']:.1f} ± ")

@@ -72,8 +72,18 @@ def test_hf_top_k_one_is_greedy(tiny_lm):
 def test_hf_top_p_keeps_the_nucleus():
     from verl_espo.rollout.hf_generate import SampleAndRecord, SamplingSpec
 
-    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
-    kept = SampleAndRecord(SamplingSpec(top_p=0.7))._filter(logits)
+    logits, ids = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]])), torch.tensor([[0]])
+    kept = SampleAndRecord(SamplingSpec(top_p=0.7)).warpers(ids, logits)
     assert torch.isfinite(kept).tolist() == [[True, True, False, False]]  # 0.5 < 0.7 <= 0.8
-    kept = SampleAndRecord(SamplingSpec(top_k=3))._filter(logits)
+    kept = SampleAndRecord(SamplingSpec(top_k=3)).warpers(ids, logits)
     assert torch.isfinite(kept).tolist() == [[True, True, True, False]]
+    assert len(SampleAndRecord(SamplingSpec(temperature=0, top_k=3, top_p=0.5)).warpers) == 0  # greedy: none
+
+
+def test_hf_repetition_penalty_and_temperature_scale_the_recorded_distribution():
+    from verl_espo.rollout.hf_generate import SampleAndRecord, SamplingSpec
+
+    scores, ids = torch.tensor([[2.0, -1.0, 0.5, 1.0]]), torch.tensor([[0, 1]])
+    scaled = SampleAndRecord(SamplingSpec(temperature=0.5, repetition_penalty=2.0)).scaling(ids, scores.clone())
+    # seen tokens: positive logits divided by the penalty, negative ones multiplied; then / T
+    torch.testing.assert_close(scaled, torch.tensor([[1.0, -2.0, 0.5, 1.0]]) / 0.5)

@@ -11,7 +11,16 @@ import numpy as np
 import pytest
 import yaml
 
-from verl_espo.report import Run, SmoothingConfig, load_run, load_runs, merge_by_step, read_file_logger, smooth
+from verl_espo.report import (
+    Run,
+    SmoothingConfig,
+    load_run,
+    load_runs,
+    merge_by_step,
+    metrics_frame,
+    read_file_logger,
+    smooth,
+)
 from verl_espo.report.__main__ import main
 from verl_espo.report.figures import figure_files, plot_rows
 from verl_espo.report.settings import DEFAULT_IGNORED, differing_settings
@@ -20,7 +29,9 @@ from verl_espo.report.validation import benchmarks, parse_val_key
 
 BENCHES = ("aime24", "HuggingFaceH4/MATH-500")  # a data_source with a slash, as veRL allows
 VAL_STEPS = (0, 5, 10)
-ALL_TRAIN_KEYS = sorted({row.key for row in plot_rows()})
+def all_train_keys() -> list[str]:
+    """Every plotted metric key, read when a test runs (a test module may declare a loss with its own plots)."""
+    return sorted({row.key for row in plot_rows()})
 
 
 def _val_key(source: str, n: int = 4) -> str:
@@ -75,7 +86,7 @@ def _config(loss_mode: str, lr: float) -> dict:
 def runs_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("runs")
     # espo logs every metric of the figure table; grpo lacks the ESPO/EGSPO/CHORD ones; bare has no config
-    _write_run(root, "espo", 0, ALL_TRAIN_KEYS, _config("espo", 1e-6), "hydra/.hydra/config.yaml")
+    _write_run(root, "espo", 0, all_train_keys(), _config("espo", 1e-6), "hydra/.hydra/config.yaml")
     basic = ["critic/score/mean", "actor/entropy", "response_length/mean", "actor/pg_clipfrac"]
     _write_run(root, "grpo", 1, basic, _config("vanilla", 2e-6), "config.yaml")
     (root / "espo" / "summary.json").write_text(json.dumps({"wall_s": 125.0}))
@@ -130,15 +141,19 @@ def test_bold_marks_the_best(report_dir):
     assert rows["grpo"][2] == f"{100 * _accuracy(1, 0, 10):.1f}"
 
 
+def _run(name: str, steps: dict[int, dict[str, float]]) -> Run:
+    return Run(name, Path("."), metrics_frame(steps.items()))
+
+
 def test_best_and_ties():
-    run_a = Run("a", Path("."), {1: {_val_key("x"): 0.5}, 2: {_val_key("x"): 0.3}})
-    run_b = Run("b", Path("."), {1: {_val_key("x"): 0.3}, 2: {_val_key("x"): 0.50001}})
+    run_a = _run("a", {1: {_val_key("x"): 0.5}, 2: {_val_key("x"): 0.3}})
+    run_b = _run("b", {1: {_val_key("x"): 0.3}, 2: {_val_key("x"): 0.50001}})
     last = results_table([run_a, run_b], benchmarks([run_a, run_b]), at="last")
-    assert [c.text for c in last.column("x (avg@4)")] == ["30.0", "50.0"]
-    assert [c.bold for c in last.column("x (avg@4)")] == [False, True]
+    assert last["x (avg@4)"].tolist() == ["30.0", "**50.0**"]
+    assert last["step"].tolist() == ["2", "2"]
     best = results_table([run_a, run_b], benchmarks([run_a, run_b]), at="best")
-    assert "step" not in best.header
-    assert [(c.text, c.bold) for c in best.column("x (avg@4)")] == [("50.0", True), ("50.0", True)]  # printed tie
+    assert "step" not in best.columns
+    assert best["x (avg@4)"].tolist() == ["**50.0**", "**50.0**"]  # a tie in the printed digits
     single = results_table([run_a], benchmarks([run_a]))
     assert "**" not in to_markdown(single)  # nothing to compare with one run
 
@@ -185,14 +200,15 @@ def test_only_missing_figures_are_skipped(runs_root, tmp_path):
 def test_settings_and_time(report_dir, runs_root):
     md = (report_dir / "report.md").read_text()
     section = _section(md, "### Settings that differ", "## Training time")
-    assert "| `actor_rollout_ref.actor.policy_loss.loss_mode` | espo | vanilla |" in section
-    assert "| `actor_rollout_ref.actor.optim.lr` | 1e-06 | 2e-06 |" in section
-    assert "| `trainer.default_local_dir`" not in section  # ignored by default
+    rows = _rows(section)
+    assert rows["`actor_rollout_ref.actor.policy_loss.loss_mode`"][1:] == ["espo", "vanilla"]
+    assert rows["`actor_rollout_ref.actor.optim.lr`"][1:] == ["1e-06", "2e-06"]
+    assert "`trainer.default_local_dir`" not in rows  # ignored by default
     assert "max_response_length" not in section  # the same after resolving ${oc.select:missing,512}
     runs = load_runs([runs_root / "espo", runs_root / "grpo"])
     loss_mode, lr = "actor_rollout_ref.actor.policy_loss.loss_mode", "actor_rollout_ref.actor.optim.lr"
-    assert set(differing_settings(runs)) == {loss_mode, lr}
-    assert set(differing_settings(runs, (*DEFAULT_IGNORED, "*.lr"))) == {loss_mode}
+    assert set(differing_settings(runs).index) == {loss_mode, lr}
+    assert set(differing_settings(runs, (*DEFAULT_IGNORED, "*.lr")).index) == {loss_mode}
     setup = _rows(_section(md, "## Setup", "###"))
     expected = ["espo", "Qwen/Qwen3-1.7B-Base", "espo", "-", "64", "8", "-", "1e-06", "0.2 / -", "512", "-", "4 / 1.0"]
     assert setup["espo"] == [*expected, "10"]
@@ -221,19 +237,22 @@ def test_load_run_merges_steps_and_reads_the_nested_hydra_config(runs_root):
     run = load_run(runs_root / "espo")
     assert run.name == "espo" and run.config_path.parts[-3:] == ("hydra", ".hydra", "config.yaml")
     assert run.config["data"]["max_response_length"] == 512
-    assert sorted(run.steps) == list(range(11))
-    assert run.steps[10][_val_key("aime24")] == _accuracy(0, 0, 10) and "critic/score/mean" in run.steps[10]
+    assert run.metrics.index.tolist() == list(range(11))
+    assert run.metrics.loc[10, _val_key("aime24")] == _accuracy(0, 0, 10)
+    assert run.metrics.loc[10, "critic/score/mean"] == 0.1 + 0.01 * 10 + 0.001 * all_train_keys().index(
+        "critic/score/mean"
+    )
     assert "actor/ppo_kl" not in run.keys() and "note/string" not in run.keys()
-    steps, values = run.series("timing_s/step")
-    assert steps.tolist() == list(range(1, 11)) and values.tolist() == [2.0 + 0.5 * s for s in range(1, 11)]
+    series = run.series("timing_s/step")
+    assert series.index.tolist() == list(range(1, 11)) and series.tolist() == [2.0 + 0.5 * s for s in range(1, 11)]
     single = load_run(runs_root / "espo" / "metrics.jsonl")  # a .jsonl path works as well
-    assert single.steps == run.steps
+    assert single.metrics.equals(run.metrics)
 
 
 def test_missing_things_are_notes_not_errors(tmp_path):
     (tmp_path / "metrics.jsonl").touch()  # a run that stopped before its first step
     empty = load_run(tmp_path)
-    assert empty.steps == {} and any("no metrics found" in n for n in empty.notes)
+    assert empty.metrics.empty and any("no metrics found" in n for n in empty.notes)
     assert empty.sources == [tmp_path / "metrics.jsonl"] and not any("not veRL" in n for n in empty.notes)
     gone = load_run(tmp_path / "nope")
     assert any("does not exist" in n for n in gone.notes)
@@ -251,8 +270,8 @@ def test_val_key_parsing():
 
 
 def test_benchmark_choice():
-    run = Run("r", Path("."), {0: {"val-core/a/reward/mean@1": 0.1, "val-core/b/acc/mean@8": 0.2,
-                                   "val-core/b/acc/mean@4": 0.3, "val-core/b/acc/best@8/mean": 0.9}})  # fmt: skip
+    run = _run("r", {0: {"val-core/a/reward/mean@1": 0.1, "val-core/b/acc/mean@8": 0.2,
+                         "val-core/b/acc/mean@4": 0.3, "val-core/b/acc/best@8/mean": 0.9}})  # fmt: skip
     assert [(b.source, b.var, b.n) for b in benchmarks([run])] == [("a", "reward", 1), ("b", "acc", 8)]
 
 
@@ -265,6 +284,8 @@ def test_benchmark_choice():
         (SmoothingConfig("rolling", window=2), [1.0, 3.0, 2.0], [1.0, 2.0, 2.5]),
         (SmoothingConfig("none"), [1.0, 3.0], [1.0, 3.0]),
         (SmoothingConfig("ema", 0.5), [2.0, math.nan, 4.0], [2.0, math.nan, 2.5 / 0.75]),
+        (SmoothingConfig("ema", 0.5), [2.0, math.inf, 4.0], [2.0, math.inf, 2.5 / 0.75]),
+        (SmoothingConfig("rolling", window=3), [1.0, math.nan, 3.0, 5.0], [1.0, math.nan, 2.0, 4.0]),
     ],
 )
 def test_smoothing(config, values, expected):
@@ -290,12 +311,33 @@ def test_tensorboard_events(tmp_path, monkeypatch):
         writer.add_scalar(_val_key("aime24"), 0.125 * step, step)
     writer.close()
     run = load_run(run_dir)
-    steps, values = run.series("critic/score/mean")
-    assert steps.tolist() == [1, 2, 3] and values.tolist() == [0.25, 0.5, 0.75]
-    assert run.series(_val_key("aime24"))[1].tolist() == [0.125, 0.25, 0.375]
-    assert sorted(run.wall_times) == [1, 2, 3]
+    series = run.series("critic/score/mean")
+    assert series.index.tolist() == [1, 2, 3] and series.tolist() == [0.25, 0.5, 0.75]
+    assert run.series(_val_key("aime24")).tolist() == [0.125, 0.25, 0.375]
+    assert run.wall_times.index.tolist() == [1, 2, 3]
 
     # without the tensorboard package: a note, not an error
     monkeypatch.setitem(sys.modules, "tensorboard.backend.event_processing.event_file_loader", None)
     run = load_run(run_dir)
-    assert run.steps == {} and any("`tensorboard` package is missing" in n for n in run.notes)
+    assert run.metrics.empty and any("`tensorboard` package is missing" in n for n in run.notes)
+
+
+# ----------------------------------------------------------------------------- what the report names
+def test_paths_are_shown_relative_to_the_working_directory(tmp_path, monkeypatch):
+    from verl_espo.report.settings import shown_path
+
+    work = tmp_path / "work"
+    model = work / "outputs" / "model"
+    run_dir = _write_run(work / "outputs", "espo", 0, ["critic/score/mean"], _config("espo", 1e-6), "config.yaml")
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    config["actor_rollout_ref"]["model"]["path"] = str(model)  # absolute, as the runners write it
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
+    monkeypatch.chdir(work)
+    assert main([str(run_dir), "--out", str(tmp_path / "report")]) == 0
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert str(tmp_path) not in md  # no machine path: relative inside the working directory
+    assert "- **espo**: `outputs/espo` (" in md and "`outputs/espo/metrics.jsonl`" in md
+    assert _rows(_section(md, "## Setup", "## Training time"))["espo"][1] == "outputs/model"
+    assert "Generated by `python -m verl_espo.report` from 1 run(s):" in md  # no timestamp
+    assert shown_path(tmp_path / "elsewhere" / "Qwen3-1.7B") == "Qwen3-1.7B"  # outside it: the name
+    assert shown_path("Qwen/Qwen3-1.7B-Base") == "Qwen/Qwen3-1.7B-Base"  # a hub id stays as written

@@ -13,9 +13,11 @@ One weight update (driven by ``verl.checkpoint_engine.CheckpointEngineManager.up
    collective over the actor group (FSDP's ``full_tensor``);
 3. ``init_process_group``: each member joins a fresh ``ProcessGroupGloo`` through that store;
 4. ``send_weights`` / ``receive_weights``: rank 0 packs the tensors into buckets of
-   ``update_weights_bucket_megabytes`` (:mod:`~verl_espo.checkpoint_engine.buckets`) and broadcasts each as
-   ``[header length, payload length]``, the JSON header, then the payload; receivers yield ``(name, tensor)``
-   pairs (CPU tensors, the sender's dtypes and shapes) to their rollout's ``ServerAdapter.update_weights``;
+   ``update_weights_bucket_megabytes`` (veRL's ``split_weight_chunks``, packed by
+   :mod:`~verl_espo.checkpoint_engine.buckets`) and broadcasts each as ``[header length, payload length]``,
+   the JSON header, then the payload; receivers join the chunks with veRL's ``merge_weight_chunks`` and yield
+   ``(name, tensor)`` pairs (CPU tensors, the sender's dtypes and shapes) to their rollout's
+   ``ServerAdapter.update_weights``;
 5. ``finalize``: the group and the store are dropped (the next update builds them anew, so replicas may come
    and go between updates).
 
@@ -36,14 +38,14 @@ from typing import Any, Optional
 
 import torch
 import torch.distributed as dist
-from verl.checkpoint_engine.base import CheckpointEngine
+from verl.checkpoint_engine.base import CheckpointEngine, TensorMeta, merge_weight_chunks
+from verl.workers.rollout.utils import ensure_async_iterator
 
 from verl_espo.checkpoint_engine.buckets import (
     Bucket,
-    TensorAssembler,
     Weights,
     WireFormatError,
-    aiter_weights,
+    check_chunks,
     decode_header,
     encode_header,
     iter_buckets,
@@ -214,13 +216,13 @@ class GlooCheckpointEngine(CheckpointEngine):
         header_len, payload_len = (int(v) for v in sizes.tolist())
         header = torch.empty(header_len, dtype=torch.uint8)
         await asyncio.to_thread(self._broadcast, header, "a bucket's header")
-        chunks, last, global_steps, payload_bytes = decode_header(header.numpy().tobytes())
+        bucket, payload_bytes = decode_header(header.numpy().tobytes())
         if payload_bytes != payload_len:
             raise WireFormatError(f"header says {payload_bytes} payload bytes, the sizes {payload_len}")
-        payload = torch.empty(payload_len, dtype=torch.uint8)
+        bucket.payload = torch.empty(payload_len, dtype=torch.uint8)
         if payload_len:
-            await asyncio.to_thread(self._broadcast, payload, "a bucket's payload")
-        return Bucket(chunks=chunks, payload=payload, last=last, global_steps=global_steps)
+            await asyncio.to_thread(self._broadcast, bucket.payload, "a bucket's payload")
+        return bucket
 
     @torch.no_grad()
     async def send_weights(self, weights: Weights, global_steps: Optional[int] = None) -> dict[str, float]:
@@ -229,13 +231,13 @@ class GlooCheckpointEngine(CheckpointEngine):
         if self.rank > 0:
             raise CheckpointEngineError(f"gloo checkpoint engine: rank {self.rank} is a receiver, not a sender")
         if self.rank < 0:
-            async for _ in aiter_weights(weights):
+            async for _ in ensure_async_iterator(weights):
                 pass
             return {}
         start, tensors, nbytes, buckets = time.perf_counter(), 0, 0, 0
         async for bucket in iter_buckets(weights, self.bucket_size, global_steps):
             await self._send_bucket(bucket)
-            tensors += sum(1 for c in bucket.chunks if c.start == 0)
+            tensors += sum(1 for c in bucket.chunks if c.chunk_offset == 0)
             nbytes += bucket.payload.numel()
             buckets += 1
         seconds = time.perf_counter() - start
@@ -255,7 +257,12 @@ class GlooCheckpointEngine(CheckpointEngine):
         self._require_group("receive_weights")
         if self.rank <= 0:
             raise CheckpointEngineError(f"gloo checkpoint engine: rank {self.rank} sends; it cannot receive")
-        assembler = TensorAssembler()
+        async for item in merge_weight_chunks(self._received_chunks(global_steps), self.bucket_size):
+            yield item
+
+    async def _received_chunks(self, global_steps: Optional[int]) -> AsyncIterator[tuple[TensorMeta, torch.Tensor]]:
+        """The chunks of every bucket until the sender's last, each checked (:func:`check_chunks`)."""
+        pending = None
         while True:
             bucket = await self._receive_bucket()
             if global_steps is not None and bucket.global_steps is not None and bucket.global_steps != global_steps:
@@ -263,9 +270,16 @@ class GlooCheckpointEngine(CheckpointEngine):
                     f"gloo checkpoint engine: received the weights of step {bucket.global_steps} while updating "
                     f"to step {global_steps}"
                 )
-            for item in assembler.add(bucket.chunks, bucket.payload):
-                yield item
+            if bucket.bucket_bytes != self.bucket_size:
+                raise CheckpointEngineError(
+                    f"gloo checkpoint engine: the sender chunks by {bucket.bucket_bytes} bytes, this receiver by "
+                    f"{self.bucket_size}: set one actor_rollout_ref.rollout.checkpoint_engine."
+                    "update_weights_bucket_megabytes for both"
+                )
+            pending = check_chunks(bucket.chunks, bucket.payload, pending)
+            for meta in bucket.chunks:
+                yield meta, bucket.payload[meta.offset : meta.offset + meta.chunk_size]
             if bucket.last:
                 break
-        if assembler.pending is not None:
-            raise WireFormatError(f"the update ended in the middle of weight {assembler.pending!r}")
+        if pending is not None:
+            raise WireFormatError(f"the update ended in the middle of weight {pending.name!r}")

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from verl_espo.evaluation.metrics import summarize
 from verl_espo.evaluation.protocol import EvalSet, pass_at_k_values, protocol_label
 from verl_espo.evaluation.reward import BENCHMARK_KEY, ROW_KEY
@@ -33,6 +35,7 @@ __all__ = [
     "collect_samples",
     "benchmark_result",
     "eval_markdown",
+    "results_frame",
     "write_results",
 ]
 
@@ -127,11 +130,27 @@ def _pct(value: float | None, stderr: float | None = None) -> str:
     return f"{100 * value:.1f}" + ("" if stderr is None else f" ± {100 * stderr:.1f}")
 
 
+def results_frame(benchmarks: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
+    """One row per benchmark as ``eval.md`` shows it: protocol, problems, mean and pass@k in %, ± the standard
+    error; ``–`` where a benchmark has no pass@k of that k (n < k)."""
+    ks = sorted({int(k) for b in benchmarks.values() for k in b["pass_at_k"]})
+    rows = {
+        name: {
+            "protocol": b["protocol"],
+            "problems": str(b["num_problems"]),
+            "mean": _pct(b["mean"], b["stderr"]),
+            **{f"pass@{k}": _pct(**b["pass_at_k"].get(str(k), {"value": None})) for k in ks},
+        }
+        for name, b in benchmarks.items()
+    }
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("benchmark")
+
+
 def eval_markdown(result: Mapping[str, Any]) -> str:
     """``eval.md``: the settings and one table row per benchmark (percentages, ± the standard error over problems)."""
     s = result["sampling"]
-    benches = result["benchmarks"]
-    ks = sorted({int(k) for b in benches.values() for k in b["pass_at_k"]})
+    table = results_frame(result["benchmarks"]).reset_index()
+    colalign = ["left", "left"] + ["right"] * (table.shape[1] - 2)
     lines = [
         f"# Evaluation of `{result['name']}`",
         "",
@@ -142,20 +161,9 @@ def eval_markdown(result: Mapping[str, Any]) -> str:
         "Scores in %, ± the standard error over problems; pass@k is the unbiased estimator (Chen et al. 2021), "
         "shown where n ≥ k.",
         "",
-        "| benchmark | protocol | problems | mean | " + " | ".join(f"pass@{k}" for k in ks) + " |",
-        "|---|---|---:|---:|" + "---:|" * len(ks),
+        table.to_markdown(index=False, tablefmt="pipe", colalign=colalign, disable_numparse=True),
     ]
-    for name, b in benches.items():
-        cells = [
-            _pct(b["pass_at_k"][str(k)]["value"], b["pass_at_k"][str(k)]["stderr"]) if str(k) in b["pass_at_k"] else "–"
-            for k in ks
-        ]
-        lines.append(
-            f"| {name} | {b['protocol']} | {b['num_problems']} | {_pct(b['mean'], b['stderr'])} | "
-            + " | ".join(cells)
-            + " |"
-        )
-    missing = {name: b["missing_samples"] for name, b in benches.items() if b["missing_samples"]}
+    missing = {name: b["missing_samples"] for name, b in result["benchmarks"].items() if b["missing_samples"]}
     if missing:
         lines += [
             "",

@@ -7,7 +7,7 @@ the Hydra config), :mod:`~verl_espo.report.validation` finds each benchmark's ac
 Importing this package imports neither veRL nor matplotlib.
 """
 
-from verl_espo.report.runs import Run, load_run, load_runs, merge_by_step, read_file_logger
+from verl_espo.report.runs import Run, load_run, load_runs, merge_by_step, metrics_frame, read_file_logger
 from verl_espo.report.smoothing import SmoothingConfig, smooth
 from verl_espo.report.writer import Report, ReportOptions, write_report
 
@@ -19,6 +19,7 @@ __all__ = [
     "load_run",
     "load_runs",
     "merge_by_step",
+    "metrics_frame",
     "read_file_logger",
     "smooth",
     "write_report",

@@ -59,7 +59,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     with console.status("drawing figures"):
         report = write_report(runs, args.out, options)
     for name in ("results", "timing"):
-        if report.tables[name].rows:
+        if not report.tables[name].empty:
             console.print(to_rich(report.tables[name]))
     for note in report.notes:
         console.print(f"[yellow]note:[/yellow] {note}", highlight=False)

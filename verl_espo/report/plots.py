@@ -89,7 +89,8 @@ def _save(fig: Figure, path: Path) -> Path:
 def plot_training_curves(
     runs: Sequence[Run], out_dir: str | Path, smoothing: SmoothingConfig = SmoothingConfig()
 ) -> PlotResult:
-    """One PNG per ``file`` of :func:`plot_rows` that any run logged; skipped figures and absent runs become notes."""
+    """One PNG per ``file`` of :func:`~verl_espo.report.figures.plot_rows` that any run logged; skipped figures
+    and absent runs become notes."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     colors = run_colors(runs)
@@ -118,15 +119,14 @@ def plot_training_curves(
                 labels = [row.label for row in panel_rows]
                 for run in runs:
                     for i, row in enumerate(panel_rows):
-                        steps, values = run.series(row.key)
-                        if steps.size == 0:
+                        values = run.series(row.key)
+                        if values.empty:
                             continue
                         style = LINE_STYLES[i % len(LINE_STYLES)]
-                        smoothed = smooth(values, smoothing)
-                        if smoothing.active and steps.size > 1:
-                            ax.plot(steps, values, color=colors[run.name], linestyle=style, alpha=0.25, lw=0.8)
-                        ax.plot(steps, smoothed, color=colors[run.name], linestyle=style,
-                                marker="o" if steps.size == 1 else None, ms=3)  # fmt: skip
+                        if smoothing.active and values.size > 1:
+                            ax.plot(values.index, values, color=colors[run.name], linestyle=style, alpha=0.25, lw=0.8)
+                        ax.plot(values.index, smooth(values, smoothing), color=colors[run.name], linestyle=style,
+                                marker="o" if values.size == 1 else None, ms=3)  # fmt: skip
                         if run.name not in drawn:
                             drawn.append(run.name)
                 ax.set_title(title)
@@ -153,9 +153,9 @@ def plot_validation(runs: Sequence[Run], benchmarks: Sequence[Benchmark], out_di
             fig, (ax,) = _new_figure(1)
             drawn = []
             for run in runs:
-                steps, values = run.series(bench.key)
-                if steps.size:
-                    ax.plot(steps, bench.scale * values, color=colors[run.name], marker="o", ms=3.5)
+                values = run.series(bench.key)
+                if values.size:
+                    ax.plot(values.index, bench.scale * values, color=colors[run.name], marker="o", ms=3.5)
                     drawn.append(run.name)
             ax.set_title(f"Validation accuracy: {bench.source}")
             ax.set_ylabel(bench.axis_label)

@@ -15,13 +15,12 @@ smoke runner's), ``events.out.tfevents.*`` anywhere below it, and the Hydra conf
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+import pandas as pd
 
 __all__ = [
     "Run",
@@ -30,6 +29,7 @@ __all__ = [
     "load_run",
     "load_runs",
     "merge_by_step",
+    "metrics_frame",
     "read_file_logger",
     "read_tensorboard",
 ]
@@ -37,32 +37,44 @@ __all__ = [
 Record = dict[str, Any]  # one file-logger line: {"step": int, "data": {...}}
 
 
+def metrics_frame(rows: Iterable[tuple[int, dict[str, Any]]]) -> pd.DataFrame:
+    """A step-indexed frame of ``(step, {metric: value})`` rows: steps logged in several rows are merged (later
+    values win, a missing or null value never overwrites one), non-numbers are dropped, columns are float64."""
+    rows = list(rows)
+    index = pd.Index([int(step) for step, _ in rows], dtype="int64", name="step")
+    frame = pd.DataFrame.from_records([data for _, data in rows], index=index)
+    if frame.empty:
+        return pd.DataFrame(index=index[:0], dtype="float64")
+    numbers = frame.apply(pd.to_numeric, errors="coerce").astype("float64")
+    return numbers.groupby(level="step").last().dropna(axis=1, how="all").sort_index()
+
+
 @dataclass
 class Run:
-    """One training run: numeric metrics per step, plus what is known about its settings."""
+    """One training run: its metrics (:func:`metrics_frame`, one row per step), plus what is known of its settings."""
 
     name: str
     path: Path
-    steps: dict[int, dict[str, float]] = field(default_factory=dict)  # step -> metric -> value
+    metrics: pd.DataFrame = field(default_factory=lambda: metrics_frame([]))
     config: dict[str, Any] | None = None  # the Hydra config, nested, resolved where possible
     config_path: Path | None = None
     summary: dict[str, Any] | None = None  # the smoke runner's summary.json
-    wall_times: dict[int, float] = field(default_factory=dict)  # step -> unix time (TensorBoard events only)
+    wall_times: pd.Series = field(default_factory=lambda: pd.Series(dtype="float64"))  # step -> unix time (TensorBoard)
     sources: list[Path] = field(default_factory=list)  # the files the metrics came from
     notes: list[str] = field(default_factory=list)  # what was missing or skipped while reading
 
     def keys(self) -> set[str]:
         """Every metric name logged at least once."""
-        return {key for data in self.steps.values() for key in data}
+        return set(self.metrics.columns)
 
     def has(self, key: str) -> bool:
-        return any(key in data for data in self.steps.values())
+        return key in self.metrics.columns
 
-    def series(self, key: str) -> tuple[np.ndarray, np.ndarray]:
-        """``(steps, values)`` of one metric, ordered by step (both empty when it was never logged)."""
-        points = [(step, data[key]) for step, data in sorted(self.steps.items()) if key in data]
-        steps = np.array([p[0] for p in points], dtype=np.int64)
-        return steps, np.array([p[1] for p in points], dtype=np.float64)
+    def series(self, key: str) -> pd.Series:
+        """One metric's logged values, indexed by step (empty when it was never logged)."""
+        if key not in self.metrics.columns:
+            return pd.Series(dtype="float64", index=pd.Index([], dtype="int64", name="step"), name=key)
+        return self.metrics[key].dropna()
 
 
 # ----------------------------------------------------------------------------- the file logger
@@ -97,24 +109,10 @@ def read_file_logger(path: str | Path, offset: int = 0) -> tuple[list[Record], i
     return records, offset + end
 
 
-def _number(value: Any) -> float | None:
-    """A finite-or-infinite float from a logged value; ``None`` for null/NaN/strings/lists."""
-    if isinstance(value, (bool, int, float, np.integer, np.floating)):
-        value = float(value)
-        return None if math.isnan(value) else value
-    return None
-
-
 def merge_by_step(records: Iterable[Record]) -> dict[int, dict[str, float]]:
-    """Merge records per step (veRL logs one step in several calls); later values win; non-numbers dropped."""
-    merged: dict[int, dict[str, float]] = {}
-    for record in records:
-        data = merged.setdefault(int(record["step"]), {})
-        for key, value in record["data"].items():
-            number = _number(value)
-            if number is not None:
-                data[key] = number
-    return dict(sorted(merged.items()))
+    """File-logger records merged per step (:func:`metrics_frame`) as ``{step: {metric: value}}``."""
+    frame = metrics_frame((record["step"], record["data"]) for record in records)
+    return {int(step): row.dropna().to_dict() for step, row in frame.iterrows()}
 
 
 def _file_logger_files(run_dir: Path) -> tuple[list[Path], list[Path]]:
@@ -132,8 +130,8 @@ def _file_logger_files(run_dir: Path) -> tuple[list[Path], list[Path]]:
 
 
 # ----------------------------------------------------------------------------- TensorBoard
-def read_tensorboard(files: Sequence[Path]) -> tuple[dict[int, dict[str, float]], dict[int, float]]:
-    """Scalars of TensorBoard event files: ``(step -> tag -> value, step -> latest wall time)``.
+def read_tensorboard(files: Sequence[Path]) -> tuple[pd.DataFrame, pd.Series]:
+    """Scalars of TensorBoard event files: (a :func:`metrics_frame`, the latest wall time of each step).
 
     Needs the ``tensorboard`` package (raises ``ImportError`` without it). Reads both encodings of a scalar:
     ``simple_value`` (``torch.utils.tensorboard``, what veRL uses) and a scalar tensor (TF2 summaries).
@@ -141,24 +139,23 @@ def read_tensorboard(files: Sequence[Path]) -> tuple[dict[int, dict[str, float]]
     from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
     from tensorboard.util import tensor_util
 
-    steps: dict[int, dict[str, float]] = {}
-    wall: dict[int, float] = {}
+    rows: list[tuple[int, dict[str, float]]] = []
+    wall: list[tuple[int, float]] = []
     for path in files:
         for event in EventFileLoader(str(path)).Load():
             if not event.HasField("summary"):
                 continue
             for value in event.summary.value:
                 if value.HasField("simple_value"):
-                    number = _number(value.simple_value)
+                    number = value.simple_value
                 elif value.HasField("tensor") and not value.tensor.tensor_shape.dim:
-                    number = _number(tensor_util.make_ndarray(value.tensor).item())
+                    number = tensor_util.make_ndarray(value.tensor).item()
                 else:
                     continue
-                if number is None:
-                    continue
-                steps.setdefault(int(event.step), {})[value.tag] = number
-                wall[int(event.step)] = max(wall.get(int(event.step), 0.0), float(event.wall_time))
-    return dict(sorted(steps.items())), dict(sorted(wall.items()))
+                rows.append((int(event.step), {value.tag: number}))
+                wall.append((int(event.step), float(event.wall_time)))
+    times = pd.DataFrame(wall, columns=["step", "wall_time"]).groupby("step")["wall_time"].max()
+    return metrics_frame(rows), times.astype("float64")
 
 
 # ----------------------------------------------------------------------------- settings
@@ -199,10 +196,8 @@ def load_run(path: str | Path, name: str | None = None) -> Run:
     run_dir = path.parent if path.is_file() else path
 
     jsonl, other = ([path], []) if path.is_file() else _file_logger_files(path)
-    records: list[Record] = []
-    for file in jsonl:
-        records += read_file_logger(file)[0]
-    run.steps = merge_by_step(records)
+    records = [record for file in jsonl for record in read_file_logger(file)[0]]
+    run.metrics = metrics_frame((record["step"], record["data"]) for record in records)
     run.sources += jsonl
     if len(jsonl) > 1:
         run.notes.append(f"merged {len(jsonl)} file-logger files (later files win on a shared step)")
@@ -212,17 +207,13 @@ def load_run(path: str | Path, name: str | None = None) -> Run:
     events = [] if path.is_file() else sorted(path.rglob("events.out.tfevents.*"))
     if events:
         try:
-            tb_steps, run.wall_times = read_tensorboard(events)
+            tb_metrics, run.wall_times = read_tensorboard(events)
         except ImportError:
             run.notes.append(f"{len(events)} TensorBoard event file(s) skipped: the `tensorboard` package is missing")
         else:
-            for step, data in tb_steps.items():  # the file logger's values win where both logged a step
-                target = run.steps.setdefault(step, {})
-                for key, value in data.items():
-                    target.setdefault(key, value)
-            run.steps = dict(sorted(run.steps.items()))
+            run.metrics = run.metrics.combine_first(tb_metrics)  # the file logger's values win on a shared point
             run.sources += events
-    if not run.steps:
+    if run.metrics.empty:
         run.notes.append("no metrics found (no veRL file-logger .jsonl, no readable TensorBoard events)")
 
     summary = run_dir / "summary.json"

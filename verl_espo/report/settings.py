@@ -5,11 +5,14 @@ from __future__ import annotations
 import fnmatch
 import json
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
+
+import pandas as pd
 
 from verl_espo.report.runs import Run
 
-__all__ = ["HEADLINE_SETTINGS", "DEFAULT_IGNORED", "differing_settings", "flatten", "headline_settings"]
+__all__ = ["HEADLINE_SETTINGS", "DEFAULT_IGNORED", "differing_settings", "flatten", "headline_settings", "shown_path"]
 
 #: (label, dotted config key): the settings a paper's setup table states, shown for every run.
 HEADLINE_SETTINGS: tuple[tuple[str, str], ...] = (
@@ -31,16 +34,21 @@ HEADLINE_SETTINGS: tuple[tuple[str, str], ...] = (
 DEFAULT_IGNORED: tuple[str, ...] = ("trainer.default_local_dir", "*_data_dir", "*.tensorboard_dir")
 
 
-def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; lists are values (compared whole)."""
-    if isinstance(config, dict):
-        out: dict[str, Any] = {}
-        for key, value in config.items():
-            out.update(flatten(value, f"{prefix}{key}."))
-        if not config and prefix:
-            out[prefix[:-1]] = {}
-        return out
-    return {prefix[:-1]: config}
+def flatten(config: dict[str, Any]) -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (``pandas.json_normalize``); lists are values (compared whole)."""
+    return pd.json_normalize(config, sep=".").iloc[0].to_dict() if config else {}
+
+
+def shown_path(path: str | Path) -> str:
+    """An absolute path as the report shows it: relative to the working directory when inside it, else its
+    name (so that a report made on one machine names no folder of it); other text unchanged."""
+    path = Path(path)
+    if not path.is_absolute():
+        return path.as_posix()
+    try:
+        return path.relative_to(Path.cwd()).as_posix()
+    except ValueError:
+        return path.name
 
 
 def format_value(value: Any, width: int = 60) -> str:
@@ -49,11 +57,16 @@ def format_value(value: Any, width: int = 60) -> str:
     return text if len(text) <= width else text[: width // 2 - 1] + "…" + text[-(width // 2) :]
 
 
+#: settings shown with :func:`shown_path` (machine paths)
+PATH_SETTINGS = ("actor_rollout_ref.model.path",)
+
+
 def headline_settings(run: Run) -> dict[str, str]:
     """:data:`HEADLINE_SETTINGS` of one run (``-`` where unset; empty without a config)."""
     if run.config is None:
         return {}
     flat = flatten(run.config)
+    flat.update({key: shown_path(flat[key]) for key in PATH_SETTINGS if isinstance(flat.get(key), str)})
     out = {}
     for label, keys in HEADLINE_SETTINGS:
         values = [flat.get(key) for key in keys.split("|")]
@@ -61,24 +74,21 @@ def headline_settings(run: Run) -> dict[str, str]:
     return out
 
 
-_MISSING = object()
-
-
-def differing_settings(runs: Sequence[Run], ignore: Sequence[str] = DEFAULT_IGNORED) -> dict[str, list[Any]]:
+def differing_settings(runs: Sequence[Run], ignore: Sequence[str] = DEFAULT_IGNORED) -> pd.DataFrame:
     """Config keys whose value is not the same in every run that has a config (``fnmatch`` patterns in ``ignore``).
 
-    Returns ``key -> [value per run]`` over the runs with a config, in run order; a key absent from a run's
-    config shows as ``"(unset)"``. Empty when fewer than two runs have a config.
+    One row per key (sorted), one column per run with a config, in run order; cells are the values as
+    table text (:func:`format_value` at full width), compared as that text; ``"(unset)"`` where a run's
+    config lacks the key.
+    Empty when fewer than two runs have a config.
     """
-    flats = [flatten(run.config) for run in runs if run.config is not None]
-    if len(flats) < 2:
-        return {}
-    keys = sorted(set().union(*flats))
-    diff = {}
-    for key in keys:
-        if any(fnmatch.fnmatchcase(key, pattern) for pattern in ignore):
-            continue
-        values = [flat.get(key, _MISSING) for flat in flats]
-        if any(v != values[0] for v in values[1:]):
-            diff[key] = ["(unset)" if v is _MISSING else v for v in values]
-    return diff
+    with_config = [run for run in runs if run.config is not None]
+    if len(with_config) < 2:
+        return pd.DataFrame()
+    texts = pd.DataFrame(
+        [{key: format_value(value, width=10**9) for key, value in flatten(run.config).items()} for run in with_config],
+        index=[run.name for run in with_config],
+    ).fillna("(unset)")
+    keep = [key for key in texts.columns if not any(fnmatch.fnmatchcase(key, pattern) for pattern in ignore)]
+    texts = texts[sorted(keep)]
+    return texts.loc[:, texts.nunique() > 1].T

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 
 __all__ = ["SmoothingConfig", "smooth"]
 
@@ -47,29 +48,19 @@ class SmoothingConfig:
         return "none"
 
 
-def smooth(values: np.ndarray, config: SmoothingConfig) -> np.ndarray:
-    """The smoothed curve, same length as ``values``; non-finite points pass through and are not accumulated.
+def smooth(values: pd.Series, config: SmoothingConfig) -> pd.Series:
+    """The smoothed curve, same index as ``values``; non-finite points pass through and are not accumulated.
 
-    EMA as in TensorBoard's scalar dashboard: ``last = w * last + (1 - w) * v``,
-    reported as ``last / (1 - w**i)`` after ``i`` finite points, so the curve starts at the first value instead of
-    at 0.
+    ``ema`` is TensorBoard's scalar smoothing, ``last = w * last + (1 - w) * v`` reported as
+    ``last / (1 - w**i)`` after ``i`` finite points: pandas' ``ewm(alpha=1 - w, adjust=True)``. ``rolling`` is
+    the mean of the finite values among the last ``window`` points.
     """
-    values = np.asarray(values, dtype=np.float64)
-    if config.method == "none" or values.size == 0:
+    values = pd.Series(values, dtype="float64")
+    finite = values.where(np.isfinite(values))
+    if config.method == "ema" and config.weight > 0:
+        smoothed = finite.ewm(alpha=1.0 - config.weight, adjust=True, ignore_na=True).mean()
+    elif config.method == "rolling":
+        smoothed = finite.rolling(config.window, min_periods=1).mean()
+    else:
         return values.copy()
-    finite = np.isfinite(values)
-    out = values.copy()
-    if config.method == "ema":
-        w, last, count = config.weight, 0.0, 0
-        for i, v in enumerate(values):
-            if finite[i]:
-                last = w * last + (1.0 - w) * v
-                count += 1
-                out[i] = last / (1.0 - w**count) if w > 0 else last
-        return out
-    for i in range(values.size):  # rolling: mean of the finite values among the last `window` points
-        chunk = values[max(0, i - config.window + 1) : i + 1]
-        chunk = chunk[np.isfinite(chunk)]
-        if finite[i] and chunk.size:
-            out[i] = chunk.mean()
-    return out
+    return smoothed.where(finite.notna(), values)

@@ -1,18 +1,20 @@
-"""The report's tables as plain data (text cells, bold flags), rendered as Markdown or as a rich table.
+"""The report's tables as DataFrames of cell text (``**x**`` for bold), rendered as Markdown or as a rich table.
 
 - results: one row per run, one column per benchmark (avg@N, in %), an average column when there are several
   benchmarks, the best value of each column in bold (the papers' main table);
 - setup: the headline settings of each run; differing settings: the config keys whose values differ;
 - training time: steps, time per step, summed step and validation time, wall-clock time, throughput.
+
+Each table carries its title in ``attrs["title"]``; the first column is left-aligned and the others right-aligned
+unless ``attrs["align"]`` says otherwise (one ``l``/``r`` per column).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
-import numpy as np
+import pandas as pd
 
 from verl_espo.report.runs import Run
 from verl_espo.report.settings import HEADLINE_SETTINGS, differing_settings, format_value, headline_settings
@@ -20,10 +22,9 @@ from verl_espo.report.validation import Benchmark
 
 __all__ = [
     "AT_CHOICES",
-    "Cell",
-    "Table",
     "format_duration",
     "pick_value",
+    "result_values",
     "results_table",
     "settings_table",
     "setup_table",
@@ -36,48 +37,44 @@ AT_CHOICES = ("last", "best")
 DASH = "–"
 
 
-@dataclass
-class Cell:
-    text: str
-    bold: bool = False
-    value: float | None = None  # the number behind the text (as logged), for callers and tests
-
-
-@dataclass
-class Table:
-    title: str
-    header: list[str]
-    rows: list[list[Cell]] = field(default_factory=list)
-    align: str = ""  # one of l/r per column; default: first column left, the rest right
-
-    def column(self, name: str) -> list[Cell]:
-        i = self.header.index(name)
-        return [row[i] for row in self.rows]
+def _table(rows: list[list[str]], header: list[str], title: str, align: str = "") -> pd.DataFrame:
+    table = pd.DataFrame(rows, columns=header, dtype=object)
+    table.attrs.update(title=title, align=align or "l" + "r" * (len(header) - 1))
+    return table
 
 
 # ----------------------------------------------------------------------------- results
 def pick_value(run: Run, key: str, at: str) -> tuple[float | None, int | None]:
     """A metric's ``last`` finite value or its ``best`` (highest) one, and its step; ``(None, None)`` if absent."""
-    steps, values = run.series(key)
-    finite = np.isfinite(values)
-    if not finite.any():
+    series = run.series(key)
+    series = series[series.abs() < math.inf]
+    if series.empty:
         return None, None
-    steps, values = steps[finite], values[finite]
-    i = int(np.argmax(values)) if at == "best" else len(values) - 1
-    return float(values[i]), int(steps[i])
+    step = int(series.idxmax() if at == "best" else series.index[-1])
+    return float(series[step]), step
 
 
-def _bold_best(cells: list[Cell]) -> None:
+def result_values(runs: Sequence[Run], benchmarks: Sequence[Benchmark], at: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The results' numbers as logged and their steps: one row per run, one column per benchmark key (NaN if
+    absent)."""
+    picked = [[pick_value(run, bench.key, at) for bench in benchmarks] for run in runs]
+    names, keys = [run.name for run in runs], [bench.key for bench in benchmarks]
+    values = pd.DataFrame([[v for v, _ in row] for row in picked], index=names, columns=keys, dtype="float64")
+    steps = pd.DataFrame([[s for _, s in row] for row in picked], index=names, columns=keys, dtype="float64")
+    return values, steps
+
+
+def _bold_best(cells: pd.Series) -> pd.Series:
     """Bold the highest shown value of a column (ties in the printed digits all bold); not with < 2 values."""
-    shown = [(float(c.text), c) for c in cells if c.value is not None]
-    if len(shown) < 2:
-        return
-    best = max(v for v, _ in shown)
-    for v, cell in shown:
-        cell.bold = v == best
+    shown = pd.to_numeric(cells, errors="coerce")
+    if shown.notna().sum() < 2:
+        return cells
+    return cells.where(shown != shown.max(), "**" + cells + "**")
 
 
-def results_table(runs: Sequence[Run], benchmarks: Sequence[Benchmark], at: str = "last", digits: int = 1) -> Table:
+def results_table(
+    runs: Sequence[Run], benchmarks: Sequence[Benchmark], at: str = "last", digits: int = 1
+) -> pd.DataFrame:
     """Accuracy per run and benchmark at the last validation (``at="last"``) or the best one (``"best"``).
 
     Cells show ``value * 100`` for accuracies (``acc``), the logged value otherwise, with ``digits`` decimals;
@@ -86,52 +83,33 @@ def results_table(runs: Sequence[Run], benchmarks: Sequence[Benchmark], at: str 
     """
     if at not in AT_CHOICES:
         raise ValueError(f"--at must be one of {AT_CHOICES}, got {at!r}")
-    with_avg = len(benchmarks) > 1 and all(b.var == "acc" for b in benchmarks)
-    header = ["run", *(b.label for b in benchmarks), *(["average"] if with_avg else []), "step" if at == "last" else ""]
-    header = [h for h in header if h]
-    table = Table(f"Validation accuracy ({at} validation)", header)
-    for run in runs:
-        row = [Cell(run.name)]
-        values, steps = [], []
-        for bench in benchmarks:
-            value, step = pick_value(run, bench.key, at)
-            if value is None:
-                row.append(Cell(DASH))
-            else:
-                row.append(Cell(f"{bench.scale * value:.{digits}f}", value=value))
-                steps.append(step)
-            values.append(value)
-        if with_avg:
-            complete = all(v is not None for v in values)
-            avg = float(np.mean(values)) if complete else None
-            row.append(Cell(f"{100 * avg:.{digits}f}", value=avg) if complete else Cell(DASH))
-        if at == "last":
-            row.append(Cell(str(max(steps)) if steps else DASH))
-        table.rows.append(row)
-    for j in range(1, len(header) - (1 if at == "last" else 0)):
-        _bold_best([row[j] for row in table.rows])
+    values, steps = result_values(runs, benchmarks, at)
+    shown = values.mul([b.scale for b in benchmarks], axis=1).set_axis([b.label for b in benchmarks], axis=1)
+    if len(benchmarks) > 1 and all(b.var == "acc" for b in benchmarks):
+        shown["average"] = 100 * values.mean(axis=1, skipna=False)
+    cells = shown.map(lambda v: DASH if pd.isna(v) else f"{v:.{digits}f}").apply(_bold_best)
+    cells.insert(0, "run", values.index)
+    if at == "last":
+        cells["step"] = steps.max(axis=1).map(lambda s: DASH if pd.isna(s) else str(int(s)))
+    table = cells.reset_index(drop=True).astype(object)
+    table.attrs.update(title=f"Validation accuracy ({at} validation)", align="l" + "r" * (table.shape[1] - 1))
     return table
 
 
 # ----------------------------------------------------------------------------- settings
-def setup_table(runs: Sequence[Run]) -> Table:
+def setup_table(runs: Sequence[Run]) -> pd.DataFrame:
     """The headline settings (:data:`HEADLINE_SETTINGS`) of the runs that have a config."""
     header = ["run", *(label for label, _ in HEADLINE_SETTINGS)]
-    table = Table("Setup", header, align="l" * len(header))
-    for run in runs:
-        settings = headline_settings(run)
-        if settings:
-            table.rows.append([Cell(run.name), *(Cell(settings[label]) for label, _ in HEADLINE_SETTINGS)])
-    return table
+    rows = [[run.name, *headline_settings(run).values()] for run in runs if run.config is not None]
+    return _table(rows, header, "Setup", align="l" * len(header))
 
 
-def settings_table(runs: Sequence[Run], ignore: Sequence[str], max_rows: int = 80) -> tuple[Table, int]:
+def settings_table(runs: Sequence[Run], ignore: Sequence[str], max_rows: int = 80) -> tuple[pd.DataFrame, int]:
     """Config keys that differ between runs (one column per run with a config); also the number of rows cut."""
     diff = differing_settings(runs, ignore)
     names = [run.name for run in runs if run.config is not None]
-    table = Table("Settings that differ", ["setting", *names], align="l" * (1 + len(names)))
-    for key, values in list(diff.items())[:max_rows]:
-        table.rows.append([Cell(f"`{key}`"), *(Cell(format_value(v)) for v in values)])
+    rows = [[f"`{key}`", *(format_value(v) for v in values)] for key, values in diff.head(max_rows).iterrows()]
+    table = _table(rows, ["setting", *names], "Settings that differ", align="l" * (1 + len(names)))
     return table, max(0, len(diff) - max_rows)
 
 
@@ -153,64 +131,53 @@ def _wall_seconds(run: Run) -> tuple[float | None, str]:
     if run.summary and isinstance(run.summary.get("wall_s"), (int, float)):
         return float(run.summary["wall_s"]), "summary.json"
     if len(run.wall_times) > 1:
-        times = list(run.wall_times.values())
-        return max(times) - min(times), "TensorBoard"
+        return float(run.wall_times.max() - run.wall_times.min()), "TensorBoard"
     return None, ""
 
 
-def timing_table(runs: Sequence[Run]) -> Table:
+def timing_table(runs: Sequence[Run]) -> pd.DataFrame:
     """Per run: training steps, mean ``timing_s/step`` and its sum, the summed validation time
     (``timing_s/testing``; veRL times it outside the step), wall-clock time, mean ``perf/throughput``."""
-    table = Table(
-        "Training time",
-        ["run", "steps", "time / step", "training time", "validation time", "wall clock", "throughput (tokens/s)"],
-    )
+    header = ["run", "steps", "time / step", "training time", "validation time", "wall clock", "throughput (tokens/s)"]
+    rows = []
     for run in runs:
-        _, step_s = run.series("timing_s/step")
-        _, test_s = run.series("timing_s/testing")
-        _, throughput = run.series("perf/throughput")
+        step_s, test_s, throughput = (run.series(k) for k in ("timing_s/step", "timing_s/testing", "perf/throughput"))
         wall, source = _wall_seconds(run)
-        table.rows.append(
+        rows.append(
             [
-                Cell(run.name),
-                Cell(str(step_s.size), value=float(step_s.size)),
-                Cell(format_duration(step_s.mean()) if step_s.size else DASH),
-                Cell(format_duration(step_s.sum()) if step_s.size else DASH, value=float(step_s.sum())),
-                Cell(format_duration(test_s.sum()) if test_s.size else DASH, value=float(test_s.sum())),
-                Cell(f"{format_duration(wall)} ({source})" if wall is not None else DASH, value=wall),
-                Cell(f"{throughput.mean():,.0f}" if throughput.size else DASH),
+                run.name,
+                str(step_s.size),
+                format_duration(step_s.mean()) if step_s.size else DASH,
+                format_duration(step_s.sum()) if step_s.size else DASH,
+                format_duration(test_s.sum()) if test_s.size else DASH,
+                f"{format_duration(wall)} ({source})" if wall is not None else DASH,
+                f"{throughput.mean():,.0f}" if throughput.size else DASH,
             ]
         )
-    return table
+    return _table(rows, header, "Training time")
 
 
 # ----------------------------------------------------------------------------- rendering
-def _escape(text: str) -> str:
-    return text.replace("|", "\\|")
+def to_markdown(table: pd.DataFrame) -> str:
+    """A GitHub-flavoured Markdown table (``DataFrame.to_markdown``, tabulate's ``pipe`` format)."""
+    align = table.attrs.get("align") or "l" + "r" * (table.shape[1] - 1)
+    escaped = table.astype(str).apply(lambda column: column.str.replace("|", "\\|", regex=False))
+    escaped.columns = [str(c).replace("|", "\\|") for c in table.columns]
+    colalign = ["left" if a == "l" else "right" for a in align]
+    return escaped.to_markdown(index=False, tablefmt="pipe", colalign=colalign, disable_numparse=True)
 
 
-def to_markdown(table: Table) -> str:
-    """A GitHub-flavoured Markdown table; bold cells as ``**x**``."""
-    align = table.align or "l" + "r" * (len(table.header) - 1)
-    lines = [
-        "| " + " | ".join(_escape(h) for h in table.header) + " |",
-        "|" + "|".join(":---" if a == "l" else "---:" for a in align) + "|",
-    ]
-    for row in table.rows:
-        cells = [f"**{_escape(c.text)}**" if c.bold else _escape(c.text) for c in row]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def to_rich(table: Table):
-    """The same table as a ``rich.table.Table`` for the console."""
+def to_rich(table: pd.DataFrame):
+    """The same table as a ``rich.table.Table`` for the console (``**x**`` cells in bold)."""
     from rich.markup import escape
     from rich.table import Table as RichTable
 
-    align = table.align or "l" + "r" * (len(table.header) - 1)
-    out = RichTable(title=table.title, title_justify="left")
-    for header, a in zip(table.header, align, strict=True):
-        out.add_column(header, justify="left" if a == "l" else "right")
-    for row in table.rows:
-        out.add_row(*(f"[bold]{escape(c.text)}[/bold]" if c.bold else escape(c.text) for c in row))
+    align = table.attrs.get("align") or "l" + "r" * (table.shape[1] - 1)
+    out = RichTable(title=table.attrs.get("title"), title_justify="left")
+    for header, a in zip(table.columns, align, strict=True):
+        out.add_column(str(header), justify="left" if a == "l" else "right")
+    for row in table.astype(str).itertuples(index=False):
+        out.add_row(
+            *(f"[bold]{escape(c[2:-2])}[/bold]" if c.startswith("**") and c.endswith("**") else escape(c) for c in row)
+        )
     return out

@@ -1,11 +1,12 @@
 """Batched token-in/token-out generation with Hugging Face ``generate`` (no veRL, no Ray).
 
 Sampling is done by one logits processor, :class:`SampleAndRecord`, run under HF's greedy search: it
-applies temperature, top-k and top-p itself, draws the token from its own ``torch.Generator`` and returns
-scores that make greedy search pick exactly that token. So HF adds no warpers of its own (the model's
-``generation_config`` defaults cannot leak in), and the log-probability of every chosen token is recorded
-in the same step. Log-probs are ``log_softmax(logits / T)`` of the raw logits (``T = 1`` for greedy), the
-quantity veRL's actor computes for ``old_log_probs`` (top-k/top-p truncation is not renormalised in).
+applies transformers' repetition penalty, temperature, top-k and top-p processors itself, draws the token from
+its own ``torch.Generator`` and returns scores that make greedy search pick exactly that token. So
+``generate`` adds no warpers of its own (the model's ``generation_config`` defaults cannot leak in), and the
+log-probability of every chosen token is recorded in the same step. Log-probs are ``log_softmax(logits / T)``
+of the (penalised) logits (``T = 1`` for greedy), the quantity veRL's actor computes for ``old_log_probs``
+(top-k/top-p truncation is not renormalised in).
 """
 
 from __future__ import annotations
@@ -59,38 +60,42 @@ class Generation:
 
 
 class SampleAndRecord:
-    """Logits processor that samples the next token and records its log-probability."""
+    """Logits processor that samples the next token and records its log-probability.
+
+    ``scaling`` (repetition penalty, temperature) shapes the distribution the log-probs are taken from;
+    ``warpers`` (top-k, top-p) then truncate it for sampling. Both are transformers' logits processors.
+    """
 
     def __init__(self, spec: SamplingSpec, generator: Optional[torch.Generator] = None):
+        from transformers import (
+            LogitsProcessorList,
+            RepetitionPenaltyLogitsProcessor,
+            TemperatureLogitsWarper,
+            TopKLogitsWarper,
+            TopPLogitsWarper,
+        )
+
         self.spec = spec
         self.generator = generator
         self.log_probs: list[torch.Tensor] = []  # one (B,) tensor per step
-
-    def _filter(self, logits: torch.Tensor) -> torch.Tensor:
-        spec = self.spec
-        if 0 < spec.top_k < logits.shape[-1]:
-            kth = torch.topk(logits, spec.top_k, dim=-1).values[..., -1:]
-            logits = logits.masked_fill(logits < kth, float("-inf"))
-        if spec.top_p < 1.0:
-            sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-            cum = torch.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
-            drop = cum - torch.softmax(sorted_logits, dim=-1) > spec.top_p  # keep the token that crosses top_p
-            drop[..., 0] = False
-            logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
-        return logits
+        self.scaling = LogitsProcessorList()
+        self.warpers = LogitsProcessorList()
+        if spec.repetition_penalty != 1.0:
+            self.scaling.append(RepetitionPenaltyLogitsProcessor(spec.repetition_penalty))
+        if not spec.greedy:
+            if spec.temperature != 1.0:
+                self.scaling.append(TemperatureLogitsWarper(spec.temperature))
+            if spec.top_k > 0:
+                self.warpers.append(TopKLogitsWarper(spec.top_k))
+            if spec.top_p < 1.0:
+                self.warpers.append(TopPLogitsWarper(spec.top_p))
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        logits = scores.float()
-        if self.spec.repetition_penalty != 1.0:
-            seen = torch.gather(logits, 1, input_ids)
-            seen = torch.where(seen < 0, seen * self.spec.repetition_penalty, seen / self.spec.repetition_penalty)
-            logits = logits.scatter(1, input_ids, seen)
-        temperature = 1.0 if self.spec.greedy else self.spec.temperature
-        logits = logits / temperature
+        logits = self.scaling(input_ids, scores.float())
         if self.spec.greedy:
             chosen = logits.argmax(dim=-1)
         else:
-            probs = torch.softmax(self._filter(logits), dim=-1)
+            probs = torch.softmax(self.warpers(input_ids, logits), dim=-1)
             chosen = torch.multinomial(probs, 1, generator=self.generator).squeeze(-1)
         self.log_probs.append(torch.log_softmax(logits, dim=-1).gather(1, chosen[:, None]).squeeze(-1))
         out = torch.full_like(scores, float("-inf"))
