@@ -33,8 +33,7 @@ from verl.utils.config import omega_conf_to_dataclass
 
 from verl_espo.config import EGSPOConfig
 from verl_espo.loss_inputs import MissingLossInputError
-from verl_espo.losses.egspo import step_gate_weight_mean
-from verl_espo.trainer.sync import needs_gate_weight_mean
+from verl_espo.losses.egspo import needs_gate_weight_mean, step_gate_weight_mean
 
 SPLIT_LENGTHS = [0, 1, T, 5, 3, T - 1, 0, 1, 7, T, 4, 9]
 SPLIT_EXPERT = [False, False, False, True, True, True, False, True, False, True, False, True]

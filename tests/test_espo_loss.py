@@ -12,7 +12,7 @@ from conftest import make_actor_config, random_batch
 from espo_reference import reference_batch_threshold, reference_espo, reference_high_sets
 from verl.trainer.ppo.core_algos import get_policy_loss_fn
 
-from verl_espo.core.espo import (
+from verl_espo.core.entropy import (
     batch_entropy_threshold,
     high_entropy_count,
     sequence_high_entropy_mask,

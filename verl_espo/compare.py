@@ -29,7 +29,7 @@ from verl_espo.smoke import ALGOS, SmokeResult, run_smoke
 
 __all__ = ["DEFAULT_ALGOS", "label", "CompareResult", "compare", "main"]
 
-#: The comparison of issue 8: ESPO against its two neighbours (token-level GRPO, sequence-level GSPO) and EGSPO.
+#: The default comparison: ESPO against its two neighbours (token-level GRPO, sequence-level GSPO) and EGSPO.
 DEFAULT_ALGOS: tuple[str, ...] = ("espo", "gspo", "grpo", "egspo")
 #: The names of veRL's own losses in the report (the plugin's losses are named by their spec).
 BASELINE_LABELS: dict[str, str] = {"gspo": "GSPO", "grpo": "GRPO"}

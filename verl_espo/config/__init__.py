@@ -7,9 +7,8 @@ import verl  # noqa: F401,I001
 from verl_espo.config.loss import (
     EGSPOConfig,
     ESPOConfig,
-    ESPOPolicyLossConfig,
     HybridConfig,
     PluginPolicyLossConfig,
 )
 
-__all__ = ["ESPOConfig", "EGSPOConfig", "HybridConfig", "PluginPolicyLossConfig", "ESPOPolicyLossConfig"]
+__all__ = ["ESPOConfig", "EGSPOConfig", "HybridConfig", "PluginPolicyLossConfig"]

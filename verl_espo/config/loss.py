@@ -3,8 +3,7 @@
 ``actor_rollout_ref.actor.policy_loss._target_`` points at :class:`PluginPolicyLossConfig` (veRL's
 ``PolicyLossConfig`` plus one optional block per algorithm: ``espo``, ``egspo``, ``hybrid``); Hydra
 instantiates it wherever veRL turns the actor config into a dataclass: in the driver's ``validate_config``
-(so bad values fail before Ray starts) and in every actor worker. ``ESPOPolicyLossConfig`` is the same
-class under its name from before EGSPO.
+(so bad values fail before Ray starts) and in every actor worker.
 """
 
 from __future__ import annotations
@@ -23,14 +22,13 @@ __all__ = [
     "EGSPOConfig",
     "HybridConfig",
     "PluginPolicyLossConfig",
-    "ESPOPolicyLossConfig",
     "ESPO_KEY_PREFIX",
     "EGSPO_KEY_PREFIX",
     "HYBRID_KEY_PREFIX",
 ]
 
-#: V1 trainer modes that run the plugin's trainer (``espo_sync`` is its older name).
-PLUGIN_TRAINER_MODES = ("plugin_sync", "espo_sync", "plugin_colocate_async", "plugin_separate_async")
+#: V1 trainer modes that run the plugin's trainer.
+PLUGIN_TRAINER_MODES = ("plugin_sync", "plugin_colocate_async", "plugin_separate_async")
 
 #: Where each block lives in the full veRL config, for error messages.
 POLICY_LOSS_KEY = "actor_rollout_ref.actor.policy_loss"
@@ -288,6 +286,3 @@ class PluginPolicyLossConfig(PolicyLossConfig):
                 f"pkg://verl_espo.config/{mode}_trainer)"
             )
 
-
-#: The name of :class:`PluginPolicyLossConfig` before EGSPO; configs that point at it keep working.
-ESPOPolicyLossConfig = PluginPolicyLossConfig

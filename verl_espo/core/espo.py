@@ -28,22 +28,12 @@ from typing import Optional
 import torch
 
 from verl_espo.core.common import compute_dtype, to_floats
-from verl_espo.core.entropy import (  # noqa: F401  (re-exported: their home before EGSPO shared them)
-    batch_entropy_threshold,
-    high_entropy_count,
-    sequence_high_entropy_mask,
-    threshold_high_entropy_mask,
-)
 
 __all__ = [
     "LOG_RATIO_CLAMP",
     "GROUP_NAMES",
     "TOKEN_GROUP_NAMES",
     "ESPOTerms",
-    "high_entropy_count",
-    "sequence_high_entropy_mask",
-    "batch_entropy_threshold",
-    "threshold_high_entropy_mask",
     "espo_token_terms",
     "espo_token_grouping_terms",
     "espo_metrics",

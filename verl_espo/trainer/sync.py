@@ -1,5 +1,4 @@
-"""``plugin_sync``: veRL's V1 synchronous trainer plus what the plugin's losses need (``espo_sync`` is the same
-trainer under its name from before EGSPO).
+"""``plugin_sync``: veRL's V1 synchronous trainer plus what the plugin's losses need.
 
 Selected with ``trainer.v1.trainer_mode=plugin_sync`` (the default of the plugin's ``*_trainer`` configs). It
 behaves exactly like veRL's ``sync`` trainer, plus, for the losses whose :class:`~verl_espo.loss_inputs.LossSpec`
@@ -44,7 +43,6 @@ from verl_espo.advantages import EXPERT_UID_PREFIX
 from verl_espo.core.chord import hybrid_counts, mu_schedule
 from verl_espo.core.entropy import batch_entropy_threshold
 from verl_espo.loss_inputs import step_threshold_ratio
-from verl_espo.losses.egspo import needs_gate_weight_mean, step_gate_weight_mean
 from verl_espo.trainer.checks import check_trainer_config, expert_data_config
 from verl_espo.trainer.expert_data import ExpertDemonstrations, expert_row
 from verl_espo.workers.actor_loss import (
@@ -247,6 +245,7 @@ class PluginTrainerMixin:
     def _gate_weight_mean(self, data: TensorDict, expert: torch.Tensor, threshold: Optional[float]) -> float:
         """The step's mean EGSPO gate weight over its rollout tokens, on the old policy (padded once per step)."""
         from verl_espo.config.loss import EGSPOConfig
+        from verl_espo.losses.egspo import step_gate_weight_mean
 
         padded = data.select("response_mask", OLD_ENTROPY_KEY, "old_log_probs").to_padded_tensor()
         mask = padded["response_mask"].bool() & ~expert.unsqueeze(-1)
@@ -257,6 +256,8 @@ class PluginTrainerMixin:
     def _update_actor(self, batch: KVBatchMeta, metrics: dict):
         policy_loss = self.config.actor_rollout_ref.actor.policy_loss
         rho = step_threshold_ratio(policy_loss)
+        from verl_espo.losses.egspo import needs_gate_weight_mean  # lazily: the trainer registers without the losses
+
         by_gate_weight = needs_gate_weight_mean(policy_loss)
         if rho is None and not self.hybrid and not by_gate_weight:
             return super()._update_actor(batch, metrics)
@@ -300,7 +301,6 @@ class PluginTrainerMixin:
 
 
 @register_trainer("plugin_sync")
-@register_trainer("espo_sync")
 class PluginTrainerSync(PluginTrainerMixin, PPOTrainerSync):
     """veRL's synchronous V1 trainer (``sync``) with the plugin's additions."""
 
