@@ -284,13 +284,18 @@ except ImportError:  # pragma: no cover
 class DataPreflight(_HydraCallback):
     """Hydra callback: :func:`check_data` on the composed config, before the task (and Ray) starts.
 
-    Configured as ``hydra.callbacks.verl_espo_data._target_: verl_espo.data.preflight.DataPreflight``. Hydra
-    turns an exception raised by a callback into a warning, so a refused file ends the process with
-    ``SystemExit`` (exit status 1, the message on stderr).
+    Configured as ``hydra.callbacks.verl_espo_data._target_: verl_espo.data.preflight.DataPreflight``. The
+    plugin's config checks (:func:`~verl_espo.trainer.checks.check_trainer_config`, which the trainer repeats)
+    run first, so a bad setting is named before the data it points at is read. Hydra turns an exception raised
+    by a callback into a warning, so a refusal ends the process with ``SystemExit`` (exit status 1, the message
+    on stderr).
     """
 
     def on_job_start(self, config: Any, **kwargs: Any) -> None:
+        from verl_espo.trainer.checks import check_trainer_config
+
         try:
+            check_trainer_config(config)
             check_data(config)
-        except DataPreflightError as err:
+        except ValueError as err:
             raise SystemExit(f"verl-espo: {type(err).__name__}: {err}") from err
