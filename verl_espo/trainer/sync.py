@@ -12,7 +12,8 @@ behaves exactly like veRL's ``sync`` trainer, plus, for the losses of :data:`ver
    GRPO-free advantage (zero), excluded from veRL's reward/length metrics (tagged like veRL's padding rows);
 4. once per step, before the actor update, it computes the step-level statistics the loss needs: the entropy
    threshold over the step's rollout tokens (ESPO ``grouping=batch``, EGSPO ``gate=batch``), CHORD's ``mu`` and
-   the per-type token and row counts, and hands them to every micro-batch and rank.
+   the per-type token and row counts, and hands them to every micro-batch and rank; before that it logs the
+   step's verifier time-outs and NaN rewards and refuses NaN advantages (:mod:`verl_espo.trainer.step_checks`).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from verl_espo.core.entropy import batch_entropy_threshold
 from verl_espo.loss_inputs import LOSS_INPUTS
 from verl_espo.trainer.checks import check_trainer_config, expert_data_config
 from verl_espo.trainer.expert_data import ExpertDemonstrations, expert_row
+from verl_espo.trainer.step_checks import check_step
 from verl_espo.workers.actor_loss import (
     ENTROPY_THRESHOLD_KEY,
     EXPERT_KEY,
@@ -256,6 +258,7 @@ class PluginTrainerMixin:
                 actor.ppo_mini_batch_size = before
 
     def _update_actor(self, batch: KVBatchMeta, metrics: dict):
+        check_step(batch, metrics, self.global_steps)  # verifier time-outs, NaN rewards; NaN advantages refused
         policy_loss = self.config.actor_rollout_ref.actor.policy_loss
         rho = step_threshold_ratio(policy_loss)
         if rho is None and not self.hybrid:
