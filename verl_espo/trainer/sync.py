@@ -46,6 +46,7 @@ from verl_espo.core.entropy import batch_entropy_threshold
 from verl_espo.loss_inputs import LOSS_INPUTS
 from verl_espo.trainer.checks import check_trainer_config, expert_data_config
 from verl_espo.trainer.expert_data import ExpertDemonstrations, expert_row
+from verl_espo.trainer.resume import kept_records, restore_records
 from verl_espo.trainer.step_checks import check_step
 from verl_espo.workers.actor_loss import (
     ENTROPY_THRESHOLD_KEY,
@@ -123,6 +124,8 @@ class PluginTrainerMixin:
         return self.expert_config.enabled
 
     def on_init_end(self) -> None:
+        # After veRL loaded a checkpoint: the metrics veRL's file logger will erase when it opens its file.
+        self._kept_metric_records = kept_records(self.config, self.global_steps)
         loss_fn = make_actor_loss_fn(self.config.actor_rollout_ref.actor, self.config.actor_rollout_ref.model)
         self.actor_rollout_wg.set_loss_fn(loss_fn)
         logger.info("verl_espo: installed the plugin's actor loss in the actor workers")
@@ -140,6 +143,10 @@ class PluginTrainerMixin:
                 "verl_espo: %d expert demonstrations, %d per step", len(self.expert_data), self.expert_config.batch_size
             )
         super().on_init_end()
+
+    def on_train_begin(self) -> None:
+        restore_records(self.logger, getattr(self, "_kept_metric_records", []))  # a resumed run's earlier steps
+        super().on_train_begin()
 
     # ------------------------------------------------------------------ expert rows (hybrid training)
     def _balance_batch(self, batch: KVBatchMeta, metrics, logging_prefix="global_seqlen", keep_minibatch=False):
