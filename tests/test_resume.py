@@ -267,3 +267,31 @@ def test_recipes_launcher_and_slurm_script_resume_after_a_requeue(tmp_path):
         assert f"trainer.default_local_dir={checkpoints}" in requeued.command
         assert any("global_step_6" in note and "resuming" in note for note in requeued.notes)
         assert requeued.env["VERL_FILE_LOGGER_PATH"] == str(first.run_dir / "metrics-001.jsonl")
+
+
+def test_verl_file_logger_as_the_resume_hook_expects(tmp_path, monkeypatch):
+    """docs/verl_internals.md row 26: veRL's file logger truncates its file on open and writes through ``fp``;
+    ``kept_records`` / ``restore_records`` put a resumed run's earlier steps back."""
+    from omegaconf import OmegaConf
+    from verl.utils.tracking import FileLogger
+
+    from verl_espo.trainer.resume import file_logger_path, kept_records, restore_records
+
+    monkeypatch.delenv("VERL_FILE_LOGGER_PATH", raising=False)
+    monkeypatch.setenv("VERL_FILE_LOGGER_ROOT", str(tmp_path))
+    path = Path(file_logger_path("proj", "exp"))
+    path.parent.mkdir(parents=True)
+    lines = [json.dumps({"step": s, "data": {"x": s}}) for s in (1, 2, 3)]
+    path.write_text("\n".join(lines) + '\n{"step": 4, "da')  # step 3 after the checkpoint, a line cut by the kill
+    config = OmegaConf.create(
+        {"trainer": {"logger": ["console", "file"], "project_name": "proj", "experiment_name": "exp"}}
+    )
+    kept = kept_records(config, resumed_step=2)
+    assert kept_records(config, resumed_step=0) == []
+
+    file_logger = FileLogger("proj", "exp")
+    assert file_logger.filepath == str(path) and path.read_bytes() == b""  # veRL truncates on open
+    restore_records(type("Tracking", (), {"logger": {"file": file_logger}})(), kept)
+    file_logger.log({"x": 3}, step=3)
+    file_logger.finish()
+    assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1, 2, 3]
