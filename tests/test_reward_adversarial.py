@@ -34,6 +34,9 @@ ADVERSARIAL = {
     "20,000-digit integer": "\\boxed{" + "9" * 20_000 + "}",
 }
 
+#: Expressions whose evaluation never finishes: their checks always hit the time limit.
+NEVER_IN_TIME = ("power tower, 60 levels", "(10^{10^{10}})!")
+
 
 def _in_thread(fn):
     out = {}
@@ -58,7 +61,8 @@ def test_adversarial_output_scores_zero_within_the_bound(name):
     result = _in_thread(lambda: compute_score("math500", ADVERSARIAL[name], "7"))
     elapsed = time.perf_counter() - start
     assert result["score"] == 0.0 and result["acc"] is False
-    assert result["verify_timeout"] in (0.0, 1.0)
+    # what no machine evaluates within the limit is flagged; the others may be refused by the parser first
+    assert result["verify_timeout"] == 1.0 if name in NEVER_IN_TIME else result["verify_timeout"] in (0.0, 1.0)
     assert elapsed < BOUND_S, f"{name}: {elapsed:.1f} s"
 
 
