@@ -185,9 +185,9 @@ def check_expert_files(
     ``max_response_length`` is refused, as is a prompt longer than ``max_prompt_length`` when that is given.
     """
     key = f"{EXPERT_DATA_KEY}.files"
+    if any(_remote(path) for path in config.files or []):
+        return 0  # veRL's nodes read remote files; the trainer checks them when it loads them
     for path in config.files or []:
-        if _remote(path):
-            return 0
         _open_parquet(path, key)
         if pq.ParquetFile(path).metadata.num_rows == 0:
             raise DataPreflightError(f"{key}: {path} has no rows. Point {key} at a file of demonstrations")
