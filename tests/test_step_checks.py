@@ -81,7 +81,7 @@ def test_verify_timeout_reaches_reward_extra_info_through_the_reward_manager(tmp
     manager = _load(cfg, tokenizer)
     score, info = _score(manager, tokenizer, "\\boxed{7}", 3, 4)
     assert (score, info["verify_timeout"]) == (1.0, 0.0)
-    monkeypatch.setattr(verify, "POOL_TIMEOUT_S", 1e-3)  # the reward thread's check cannot finish in time
+    monkeypatch.setattr(verify, "POOL_TIMEOUT_S", 0)  # the reward thread's check cannot finish in time
     score, info = _score(manager, tokenizer, "\\boxed{7}", 3, 4)
     assert (score, info["verify_timeout"]) == (0.0, 1.0)
     assert verify_timeouts([{"reward_extra_info": info}], [0]) == 1
