@@ -55,6 +55,7 @@ def actor_config():
 # each (`-n 2 --dist loadfile`); collected first, these start first, and the fast modules fill in around them.
 SLOW_MODULES_FIRST = (
     "test_e2e_learning.py",
+    "test_resume.py",
     "test_e2e_vllm.py",
     "test_e2e_vllm_async.py",
     "test_e2e_separate_async.py",

@@ -29,6 +29,8 @@ from verl_espo.report.validation import benchmarks, parse_val_key
 
 BENCHES = ("aime24", "HuggingFaceH4/MATH-500")  # a data_source with a slash, as veRL allows
 VAL_STEPS = (0, 5, 10)
+
+
 def all_train_keys() -> list[str]:
     """Every plotted metric key, read when a test runs (a test module may declare a loss with its own plots)."""
     return sorted({row.key for row in plot_rows()})

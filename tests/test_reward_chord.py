@@ -29,7 +29,8 @@ def test_hierarchy(response, extra_info, score, acc, formatted):
     result = compute_score("openr1_math", response, "0.5", extra_info)
     assert result["score"] == score and result["acc"] is acc and result["formatted"] is formatted
     assert result["truncated"] is (extra_info is TRUNC)
-    assert set(result) == {"score", "acc", "pred", "formatted", "truncated"}  # same keys for every response
+    # the same keys for every response
+    assert set(result) == {"score", "acc", "pred", "formatted", "truncated", "verify_timeout"}
 
 
 def test_reward_values_are_the_papers():

@@ -285,4 +285,3 @@ class PluginPolicyLossConfig(PolicyLossConfig):
                 f"{self.run_trainer_mode} cannot. Set trainer.v1.trainer_mode=plugin_sync (the default of "
                 f"pkg://verl_espo.config/{mode}_trainer)"
             )
-

@@ -9,7 +9,7 @@ no boxed answer, response ended on its own      -0.1
 no boxed answer, cut at the length limit        -1
 ==============================================  ======
 
-"Correct" is :func:`verl_espo.rewards.math.boxed_match` (last box, math-verify). An empty ``\\boxed{}`` is not an
+"Correct" is :func:`verl_espo.rewards.math.boxed_verdict` (last box, math-verify). An empty ``\\boxed{}`` is not an
 answer. A truncated response that does hold a boxed answer is scored by that answer, as the paper's wording ("the
 length limit is hit with no final answer") implies. Trinity-RFT's released ``math_boxed_reward`` differs: it adds a
 -0.1 format term when the ``<think>...</think>`` pattern is missing and has no truncation term; we follow the paper.
@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from verl_espo.rewards.math import boxed_match
+from verl_espo.rewards.math import boxed_verdict
 
 __all__ = ["CORRECT", "WRONG", "UNFORMATTED", "TRUNCATED", "is_truncated", "hierarchical_score", "compute_score"]
 
@@ -49,8 +49,9 @@ def is_truncated(extra_info: dict | None) -> bool:
 
 
 def hierarchical_score(solution_str: str, ground_truth: str, truncated: bool) -> dict[str, Any]:
-    """CHORD's reward of one response: ``{"score", "acc", "pred", "formatted", "truncated"}``."""
-    boxed, acc = boxed_match(solution_str, ground_truth)
+    """CHORD's reward of one response: ``{"score", "acc", "pred", "formatted", "truncated", "verify_timeout"}``."""
+    boxed, verdict = boxed_verdict(solution_str, ground_truth)
+    acc = verdict.match
     formatted = boxed is not None and boxed.strip() != ""
     if formatted:
         score = CORRECT if acc else WRONG
@@ -63,6 +64,7 @@ def hierarchical_score(solution_str: str, ground_truth: str, truncated: bool) ->
         "pred": boxed.strip() if formatted else "",
         "formatted": formatted,
         "truncated": bool(truncated),
+        "verify_timeout": float(verdict.timed_out),
     }
 
 

@@ -7,7 +7,7 @@
 
 (``verl.utils.import_utils.load_module`` accepts ``pkg://`` module paths as well as file paths, and this file is a
 plain file inside the installed package, so its path works too.) It returns ``{"score": 1.0 or 0.0, "acc": bool,
-"pred": str}`` for every ``data_source``:
+"pred": str, "verify_timeout": 0.0 or 1.0}`` for every ``data_source``:
 
 * every data set of :mod:`verl_espo.data` (and any other source): the answer is the last ``\\boxed{...}`` of the
   response, and math-verify decides whether it equals the ground truth (:mod:`verl_espo.rewards.verify`). If the
@@ -29,13 +29,14 @@ from decimal import Decimal
 from typing import Any
 
 from verl_espo.rewards.boxed import boxed_answers, last_boxed
-from verl_espo.rewards.verify import equivalent
+from verl_espo.rewards.verify import Verdict, check, equivalent
 
 __all__ = [
     "STRICT_DATA_SOURCES",
     "compute_score",
     "score_boxed",
     "boxed_match",
+    "boxed_verdict",
     "last_boxed",
     "normalize_answer",
     "is_equiv",
@@ -64,27 +65,34 @@ def is_equiv(pred: str, ground_truth: str) -> bool:
     return equivalent(str(ground_truth), [pred])
 
 
-def boxed_match(solution_str: str, ground_truth: str) -> tuple[str | None, bool]:
-    """``(last boxed answer or None, whether the response's boxed answer equals the ground truth)``.
+def boxed_verdict(solution_str: str, ground_truth: str) -> tuple[str | None, Verdict]:
+    """``(last boxed answer or None, the math-verify verdict on the response's boxed answer)``.
 
     The last box is the answer; if it does not match and the response has several boxes, they are checked together
     as one set-valued answer.
     """
     boxed = last_boxed(solution_str)
     if boxed is None:
-        return None, False
+        return None, Verdict(False)
     candidates = [[boxed]]
     boxes = boxed_answers(solution_str)
     if len(boxes) > 1:
         candidates.append(boxes)
-    return boxed, equivalent(str(ground_truth), *candidates)
+    return boxed, check(str(ground_truth), *candidates)
+
+
+def boxed_match(solution_str: str, ground_truth: str) -> tuple[str | None, bool]:
+    """``(last boxed answer or None, whether the response's boxed answer equals the ground truth)``."""
+    boxed, verdict = boxed_verdict(solution_str, ground_truth)
+    return boxed, verdict.match
 
 
 def score_boxed(solution_str: str, ground_truth: str, strict: bool = False) -> dict[str, Any]:
-    """``{"score": 1.0 or 0.0, "acc": bool, "pred": str}`` for the boxed answer of ``solution_str``.
+    """``{"score": 1.0 or 0.0, "acc": bool, "pred": str, "verify_timeout": 0.0 or 1.0}`` for the boxed answer.
 
     With ``strict`` (the toy task), the response must be the boxed answer and nothing else (surrounding whitespace
-    allowed) and the answer is compared as a plain number, without math-verify.
+    allowed) and the answer is compared as a plain number, without math-verify. ``verify_timeout`` is 1.0 when a
+    math-verify parse or comparison hit its time limit (the response then scores 0).
     """
     if strict:
         boxed = last_boxed(solution_str)
@@ -94,9 +102,10 @@ def score_boxed(solution_str: str, ground_truth: str, strict: bool = False) -> d
             and solution_str.strip() == f"\\boxed{{{boxed}}}"
             and pred == normalize_answer(str(ground_truth))
         )
-        return {"score": float(acc), "acc": acc, "pred": pred}
-    boxed, acc = boxed_match(solution_str, ground_truth)
-    return {"score": float(acc), "acc": acc, "pred": "" if boxed is None else boxed.strip()}
+        return {"score": float(acc), "acc": acc, "pred": pred, "verify_timeout": 0.0}
+    boxed, verdict = boxed_verdict(solution_str, ground_truth)
+    return {"score": float(verdict.match), "acc": verdict.match, "pred": "" if boxed is None else boxed.strip(),
+            "verify_timeout": float(verdict.timed_out)}  # fmt: skip
 
 
 def compute_score(

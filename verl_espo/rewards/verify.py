@@ -12,6 +12,9 @@ scored 0). veRL 0.9.1 calls reward functions from worker threads (``loop.run_in_
 ``verl/experimental/reward_loop/reward_manager/naive.py``). So off the main thread the check runs in a small
 ``spawn`` process pool, on the worker's main thread where the alarms work, with a second time limit on the result
 (the approach of veRL's own ``verl/utils/reward_score/math_verify.py``). On the main thread it runs in place.
+A check that hits either limit scores as no match and reports it: :func:`check` returns a :class:`Verdict` whose
+``timed_out`` says so (the math rewards return it as ``verify_timeout``, which the trainer sums into
+``reward/verify_timeouts``; docs/data_and_rewards.md).
 
 math-verify is a dependency of this package; install it with the ANTLR extra that matches Hydra's pin
 (``pip install "math-verify[antlr4_9_3]"``: hydra-core needs ``antlr4-python3-runtime`` 4.9.x).
@@ -27,6 +30,8 @@ from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures import TimeoutError as FuturesTimeoutError
 from concurrent.futures.process import BrokenProcessPool
+from itertools import product
+from typing import NamedTuple
 
 __all__ = [
     "MATH_VERIFY_INSTALL",
@@ -35,6 +40,8 @@ __all__ = [
     "require_math_verify",
     "clean_answer",
     "to_boxed_latex",
+    "Verdict",
+    "check",
     "equivalent",
 ]
 
@@ -86,19 +93,54 @@ def to_boxed_latex(answers: Sequence[str]) -> str:
     return " ".join(f"\\boxed{{{clean_answer(a)}}}" for a in answers)
 
 
-def _verify_here(gold_latex: str, candidates: tuple[str, ...], timeout_s: int | None) -> bool:
-    """math-verify on this thread: does any candidate match the gold? (``timeout_s=None``: no alarm.)"""
+class Verdict(NamedTuple):
+    """Outcome of one answer check: ``match``, and whether some parse or comparison hit its time limit."""
+
+    match: bool
+    timed_out: bool = False
+
+
+def _verify_here(gold_latex: str, candidates: tuple[str, ...], timeout_s: int | None) -> Verdict:
+    """math-verify on this thread: does any candidate match the gold? (``timeout_s=None``: no alarm.)
+
+    ``parse`` and ``verify`` run with ``raise_on_error=True`` so that a time-out can be told apart from a parse
+    error (math-verify otherwise logs both and returns no match); each (gold, prediction) pair is compared on
+    its own, as ``verify`` itself does, so the match is the same as with math-verify's defaults.
+    """
     from math_verify import LatexExtractionConfig, parse, verify
+    from math_verify.errors import TimeoutException
 
     config = [LatexExtractionConfig()]
-    gold = parse(gold_latex, extraction_config=config, parsing_timeout=timeout_s)
-    if not gold:
+    timed_out = False
+
+    def parsed(latex: str) -> list:
+        nonlocal timed_out
+        try:
+            return parse(latex, extraction_config=config, parsing_timeout=timeout_s, raise_on_error=True)
+        except TimeoutException:
+            timed_out = True
+        except Exception:  # not parseable: no answer
+            pass
+        return []
+
+    def same(gold_item, pred_item) -> bool:
+        nonlocal timed_out
+        try:
+            return verify(gold_item, pred_item, timeout_seconds=timeout_s, raise_on_error=True)
+        except TimeoutException:
+            timed_out = True
+        except Exception:  # not comparable: no match
+            pass
         return False
+
+    gold = parsed(gold_latex)
+    if not gold:
+        return Verdict(False, timed_out)
     for latex in candidates:
-        pred = parse(latex, extraction_config=config, parsing_timeout=timeout_s)
-        if pred and verify(gold, pred, timeout_seconds=timeout_s):
-            return True
-    return False
+        pred = parsed(latex)
+        if pred and any(same(g, p) for g, p in product(gold, pred)):
+            return Verdict(True, timed_out)
+    return Verdict(False, timed_out)
 
 
 def _get_pool() -> ProcessPoolExecutor | None:
@@ -126,17 +168,17 @@ def _reset_pool(broken: bool = False) -> None:
             _pool_failed = True
 
 
-def _verify(gold_latex: str, candidates: tuple[str, ...]) -> bool:
+def _verify(gold_latex: str, candidates: tuple[str, ...]) -> Verdict:
     if threading.current_thread() is threading.main_thread():
         return _verify_here(gold_latex, candidates, TIMEOUT_S)
     pool = _get_pool()
     if pool is None:
         return _verify_here(gold_latex, candidates, None)
     try:
-        return pool.submit(_verify_here, gold_latex, candidates, TIMEOUT_S).result(timeout=POOL_TIMEOUT_S)
+        return Verdict(*pool.submit(_verify_here, gold_latex, candidates, TIMEOUT_S).result(timeout=POOL_TIMEOUT_S))
     except FuturesTimeoutError:
         logger.warning("math-verify took over %ss on %r; scored as no match", POOL_TIMEOUT_S, candidates)
-        return False
+        return Verdict(False, True)
     except BrokenProcessPool as e:
         # A worker that cannot start (e.g. a ``__main__`` that spawn cannot re-import) or that was killed.
         _reset_pool(broken=True)
@@ -144,14 +186,19 @@ def _verify(gold_latex: str, candidates: tuple[str, ...]) -> bool:
         return _verify_here(gold_latex, candidates, None)
 
 
-def equivalent(ground_truth: str, *candidates: Sequence[str]) -> bool:
-    """Whether some candidate equals ``ground_truth`` according to math-verify.
+def check(ground_truth: str, *candidates: Sequence[str]) -> Verdict:
+    """Whether some candidate equals ``ground_truth`` according to math-verify, and whether a check timed out.
 
     Each candidate is a list of answer strings read together (one answer, or several read as a set), e.g.
-    ``equivalent("2, 3", ["3"], ["2", "3"])``. Empty candidates never match.
+    ``check("2, 3", ["3"], ["2", "3"])``. Empty candidates never match.
     """
     require_math_verify()
     latex = tuple(to_boxed_latex(c) for c in candidates if any(clean_answer(a) for a in c))
     if not latex or not clean_answer(str(ground_truth)):
-        return False
+        return Verdict(False)
     return _verify(to_boxed_latex([str(ground_truth)]), latex)
+
+
+def equivalent(ground_truth: str, *candidates: Sequence[str]) -> bool:
+    """Whether some candidate equals ``ground_truth`` according to math-verify (:func:`check`'s ``match``)."""
+    return check(ground_truth, *candidates).match

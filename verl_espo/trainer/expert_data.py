@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 from verl.base_config import BaseConfig
 
-__all__ = ["EXPERT_DATA_KEY", "ExpertDataConfig", "ExpertSample", "ExpertDemonstrations"]
+__all__ = ["EXPERT_DATA_KEY", "ExpertDataConfig", "ExpertSample", "ExpertDemonstrations", "read_expert_file"]
 
 logger = logging.getLogger(__name__)
 
@@ -93,6 +93,25 @@ def _expert_response(row: Mapping[str, Any], key: str) -> Any:
     return None
 
 
+def read_expert_file(path: str, prompt_key: str = "prompt", response_key: str = "expert_response") -> list[dict]:
+    """The rows of one expert parquet file as prompt + response records (SFT ``messages`` rows converted).
+
+    Raises ``ValueError`` naming the file and the fix when it has neither a ``prompt_key`` nor a ``messages``
+    column.
+    """
+    frame = pd.read_parquet(path)
+    if prompt_key not in frame.columns and "messages" in frame.columns:
+        frame = _from_messages(frame, prompt_key, response_key)
+    if prompt_key not in frame.columns:
+        raise ValueError(
+            f"{EXPERT_DATA_KEY}.files: {path} has neither a `{prompt_key}` column (veRL RL rows plus a "
+            f"`{response_key}` column or extra_info['{response_key}']) nor a `messages` column (SFT rows ending with "
+            f"the assistant's turn); its columns are {list(frame.columns)}. Write it with one of these layouts "
+            "(python -m verl_espo.data openr1_math writes both) or set data.prompt_key"
+        )
+    return frame.to_dict(orient="records")
+
+
 def _from_messages(frame: pd.DataFrame, prompt_key: str, response_key: str) -> pd.DataFrame:
     """SFT rows (``messages`` ending with the assistant's turn) as prompt + expert response rows."""
     prompts, responses = [], []
@@ -127,27 +146,26 @@ class ExpertDemonstrations:
         self.max_prompt_length = int(max_prompt_length)
         self.max_response_length = int(max_response_length)
         self.chat_template_kwargs = dict(chat_template_kwargs or {})
-        frame = pd.concat([pd.read_parquet(path) for path in config.files], ignore_index=True)
-        if prompt_key not in frame.columns and "messages" in frame.columns:
-            frame = _from_messages(frame, prompt_key, config.response_key)
-        if prompt_key not in frame.columns:
-            raise ValueError(
-                f"{EXPERT_DATA_KEY}.files {config.files}: neither a `{prompt_key}` column (veRL RL rows) nor a "
-                "`messages` column (SFT rows)"
-            )
-        rows = frame.to_dict(orient="records")
-        self.rows = [r for r in rows if isinstance(_expert_response(r, config.response_key), str)]
+        self.rows: list[dict[str, Any]] = []
+        #: ``(file, row number in that file)`` of each entry of :attr:`rows`, for messages.
+        self.origins: list[tuple[str, int]] = []
+        skipped = 0
+        for path in config.files:
+            rows = read_expert_file(path, prompt_key, config.response_key)
+            for number, row in enumerate(rows):
+                if isinstance(_expert_response(row, config.response_key), str):
+                    self.rows.append(row)
+                    self.origins.append((path, number))
+                else:
+                    skipped += 1
         if not self.rows:
             raise ValueError(
                 f"{EXPERT_DATA_KEY}.files {config.files}: no row has an expert response in a `{config.response_key}` "
                 f"column or in extra_info['{config.response_key}'] (set {EXPERT_DATA_KEY}.response_key)"
             )
-        if len(self.rows) < len(rows):
-            logger.warning(
-                "expert data: %d of %d rows have no expert response and are skipped",
-                len(rows) - len(self.rows),
-                len(rows),
-            )
+        if skipped:
+            logger.warning("expert data: %d of %d rows have no expert response and are skipped",
+                           skipped, skipped + len(self.rows))  # fmt: skip
         self.prompt_key = prompt_key
         self.truncated = 0  # responses cut at max_response_length so far
         self._cache: dict[int, Optional[ExpertSample]] = {}
@@ -166,19 +184,25 @@ class ExpertDemonstrations:
             out.append(int(permutation[offset]))
         return out
 
+    def encode(self, index: int) -> tuple[list[dict[str, Any]], list[int], list[int]]:
+        """``(messages, prompt_ids, response_ids)`` of row ``index``, untruncated; the response ends with EOS."""
+        row = self.rows[index]
+        messages = [dict(m) for m in row[self.prompt_key]]
+        text = self.tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=False, **self.chat_template_kwargs
+        )
+        prompt_ids = list(self.tokenizer.encode(text, add_special_tokens=False))
+        response = _expert_response(row, self.config.response_key)
+        response_ids = list(self.tokenizer.encode(response, add_special_tokens=False))
+        eos = self.tokenizer.eos_token_id
+        if eos is not None and (not response_ids or response_ids[-1] != eos):
+            response_ids.append(eos)  # the demonstration ends its turn, as a finished rollout does
+        return messages, prompt_ids, response_ids
+
     def _tokenise(self, index: int) -> Optional[ExpertSample]:
         if index not in self._cache:
             row = self.rows[index]
-            messages = [dict(m) for m in row[self.prompt_key]]
-            text = self.tokenizer.apply_chat_template(
-                messages, add_generation_prompt=True, tokenize=False, **self.chat_template_kwargs
-            )
-            prompt_ids = list(self.tokenizer.encode(text, add_special_tokens=False))
-            response = _expert_response(row, self.config.response_key)
-            response_ids = list(self.tokenizer.encode(response, add_special_tokens=False))
-            eos = self.tokenizer.eos_token_id
-            if eos is not None and (not response_ids or response_ids[-1] != eos):
-                response_ids.append(eos)  # the demonstration ends its turn, as a finished rollout does
+            messages, prompt_ids, response_ids = self.encode(index)
             if len(prompt_ids) > self.max_prompt_length:
                 logger.warning(
                     "expert data: row %d has a %d-token prompt (> %d), skipped",

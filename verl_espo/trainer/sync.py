@@ -12,7 +12,8 @@ asks for them:
    GRPO-free advantage (zero), excluded from veRL's reward/length metrics (tagged like veRL's padding rows);
 4. once per step, before the actor update, it computes the step-level statistics the loss needs: the entropy
    threshold over the step's rollout tokens (the spec's ``step_threshold``, when its key is on), CHORD's ``mu`` and
-   the per-type token and row counts, and hands them to every micro-batch and rank.
+   the per-type token and row counts, and hands them to every micro-batch and rank; before that it logs the
+   step's verifier time-outs and NaN rewards and refuses NaN advantages (:mod:`verl_espo.trainer.step_checks`).
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ from verl_espo.core.entropy import batch_entropy_threshold
 from verl_espo.loss_inputs import step_threshold_ratio
 from verl_espo.trainer.checks import check_trainer_config, expert_data_config
 from verl_espo.trainer.expert_data import ExpertDemonstrations, expert_row
+from verl_espo.trainer.resume import kept_records, restore_records
+from verl_espo.trainer.step_checks import check_step
 from verl_espo.workers.actor_loss import (
     ENTROPY_THRESHOLD_KEY,
     EXPERT_KEY,
@@ -108,6 +111,8 @@ class PluginTrainerMixin:
         return self.expert_config.enabled
 
     def on_init_end(self) -> None:
+        # After veRL loaded a checkpoint: the metrics veRL's file logger will erase when it opens its file.
+        self._kept_metric_records = kept_records(self.config, self.global_steps)
         loss_fn = make_actor_loss_fn(self.config.actor_rollout_ref.actor, self.config.actor_rollout_ref.model)
         self.actor_rollout_wg.set_loss_fn(loss_fn)
         logger.info("verl_espo: installed the plugin's actor loss in the actor workers")
@@ -125,6 +130,10 @@ class PluginTrainerMixin:
                 "verl_espo: %d expert demonstrations, %d per step", len(self.expert_data), self.expert_config.batch_size
             )
         super().on_init_end()
+
+    def on_train_begin(self) -> None:
+        restore_records(self.logger, getattr(self, "_kept_metric_records", []))  # a resumed run's earlier steps
+        super().on_train_begin()
 
     # ------------------------------------------------------------------ expert rows (hybrid training)
     def _balance_batch(self, batch: KVBatchMeta, metrics, logging_prefix="global_seqlen", keep_minibatch=False):
@@ -254,6 +263,7 @@ class PluginTrainerMixin:
         return step_gate_weight_mean(params, padded[OLD_ENTROPY_KEY], padded["old_log_probs"], mask, threshold)
 
     def _update_actor(self, batch: KVBatchMeta, metrics: dict):
+        check_step(batch, metrics, self.global_steps)  # verifier time-outs, NaN rewards; NaN advantages refused
         policy_loss = self.config.actor_rollout_ref.actor.policy_loss
         rho = step_threshold_ratio(policy_loss)
         from verl_espo.losses.egspo import needs_gate_weight_mean  # lazily: the trainer registers without the losses
