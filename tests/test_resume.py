@@ -270,7 +270,7 @@ def test_recipes_launcher_and_slurm_script_resume_after_a_requeue(tmp_path):
 
 
 def test_verl_file_logger_as_the_resume_hook_expects(tmp_path, monkeypatch):
-    """docs/verl_internals.md row 26: veRL's file logger truncates its file on open and writes through ``fp``;
+    """docs/verl_internals.md row 27: veRL's file logger truncates its file on open and writes through ``fp``;
     ``kept_records`` / ``restore_records`` put a resumed run's earlier steps back."""
     from omegaconf import OmegaConf
     from verl.utils.tracking import FileLogger

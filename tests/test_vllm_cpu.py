@@ -253,3 +253,54 @@ def test_toy_cli_builds_the_vllm_model(tmp_path):
 
     assert main([str(tmp_path / "m"), "--vllm-cpu"]) == 0
     assert json.loads(Path(tmp_path / "m" / "toy_assets.json").read_text())["model"]["head_dim"] == 32
+
+
+# ----------------------------------------------------------------------------- python -m verl_espo.compare
+def test_compare_passes_the_switch_to_every_run(tmp_path, monkeypatch):
+    """`python -m verl_espo.compare --model-dir M +smoke_rollout=vllm`: the switch reaches each algorithm's run, all
+    from the one model given with --model-dir."""
+    import verl_espo.compare as compare_module
+    from verl_espo.smoke import SmokeResult
+    from verl_espo.vllm_cpu.smoke import SWITCH
+
+    calls = []
+
+    def runner(algo, steps, out, overrides, *, model_dir, echo):
+        calls.append((algo, overrides, model_dir))
+        return SmokeResult(algo, str(out), 1, 0.0)  # no metrics: nothing to report
+
+    compare = compare_module.compare
+    monkeypatch.setattr(compare_module, "compare", lambda *a, **k: compare(*a, **k, runner=runner))
+    compare_module.main(["--out", str(tmp_path), "--model-dir", str(tmp_path / "m32"), "--steps", "2", SWITCH])
+    assert [c[0] for c in calls] == list(compare_module.DEFAULT_ALGOS)
+    assert all(c[1] == [SWITCH] and c[2] == tmp_path / "m32" for c in calls)
+
+
+@pytest.mark.parametrize("algo", ["espo", "gspo", "grpo", "egspo", "chord"])
+def test_every_compared_algorithm_composes_with_the_switch(algo, tmp_path):
+    """What each compared run hands veRL's main_ppo, plus the switch, composes to veRL's vLLM rollout with the CPU
+    settings and passes veRL's and the plugin's start-up checks."""
+    from hydra import compose, initialize_config_module
+    from omegaconf import OmegaConf
+    from verl.trainer.main_ppo import validate_config
+    from verl.utils.config import omega_conf_to_dataclass
+
+    from verl_espo.smoke import _command
+    from verl_espo.trainer.checks import check_trainer_config
+    from verl_espo.vllm_cpu.smoke import SWITCH
+
+    model = tmp_path / "model"
+    extra = [f"data.expert.files=[{tmp_path / 'expert.parquet'}]"] if algo in ("egspo", "chord") else []
+    argv = _command(algo, tmp_path, model, tmp_path / "t", tmp_path / "v", 2, [SWITCH, *extra])
+    overrides = [a for a in argv[argv.index(f"--config-name={algo}_smoke") + 1 :] if not a.startswith("hydra.")]
+    with initialize_config_module(config_module="verl_espo.config", version_base=None):
+        cfg = compose(config_name=f"{algo}_smoke", overrides=overrides, return_hydra_config=True)
+    switch = OmegaConf.load(Path(checks.__file__).parents[1] / "config" / "smoke_rollout" / "vllm.yaml")
+    rollout = cfg.actor_rollout_ref.rollout
+    assert OmegaConf.merge(rollout, switch.actor_rollout_ref.rollout) == rollout  # every setting of the switch holds
+    assert rollout.name == "vllm" and cfg.actor_rollout_ref.model.path == str(model)
+    assert cfg.hydra.callbacks.verl_espo_vllm_cpu._target_ == "verl_espo.vllm_cpu.checks.VllmCpuPreflight"
+    del cfg.hydra
+    check_trainer_config(cfg)
+    validate_config(config=cfg, use_reference_policy=False, use_critic=False)
+    omega_conf_to_dataclass(rollout)

