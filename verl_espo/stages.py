@@ -142,16 +142,17 @@ def find_hf_weights(sft_dir: str | Path, step: Optional[int] = None) -> Path:
     """``<sft_dir>/global_step_N/huggingface`` for ``step`` (default: veRL's latest checkpoint) if it holds weights."""
     sft_dir = Path(sft_dir)
     if step is None:
-        latest = sft_dir / LATEST_FILE
-        names = (p.name.removeprefix("global_step_") for p in sft_dir.glob("global_step_*"))
-        steps = sorted(int(n) for n in names if n.isdigit())
-        if latest.exists():
-            step = int(latest.read_text().strip())
-        elif steps:
-            step = steps[-1]
-        else:
+        from verl.utils.checkpoint.checkpoint_manager import find_latest_ckpt_path
+
+        latest = find_latest_ckpt_path(str(sft_dir)) if (sft_dir / LATEST_FILE).exists() else None
+        steps = sorted(int(p.name.removeprefix("global_step_")) for p in sft_dir.glob("global_step_[0-9]*"))
+        if latest is None and not steps:
             raise FileNotFoundError(f"no SFT checkpoint (global_step_N) in {sft_dir}: run stage 1 first")
-    hf = sft_dir / f"global_step_{step}" / "huggingface"
+        # veRL's tracker file when it names a checkpoint that exists, else the highest global_step_N
+        step_dir = Path(latest) if latest is not None else sft_dir / f"global_step_{steps[-1]}"
+    else:
+        step_dir = sft_dir / f"global_step_{step}"
+    hf = step_dir / "huggingface"
     has_weights = any(hf.glob("*.safetensors")) or any(hf.glob("pytorch_model*.bin"))
     if not (hf / "config.json").exists() or not has_weights:
         raise FileNotFoundError(
