@@ -22,6 +22,15 @@ from omegaconf import OmegaConf
 from verl.trainer.ppo.core_algos import get_policy_loss_fn
 
 ALGO_DIR = Path(__file__).resolve().parents[1] / "recipes" / "algo"
+PLUGIN_CONFIG_DIR = Path(__file__).resolve().parents[1] / "verl_espo" / "config"
+
+
+def load_algo(path: Path):
+    """A YAML with its ``/<name>`` defaults (the plugin's config group root) merged beneath it, as Hydra does."""
+    raw = OmegaConf.load(path)
+    parents = [d for d in raw.get("defaults", []) if isinstance(d, str) and d.startswith("/")]
+    merged = [load_algo(PLUGIN_CONFIG_DIR / f"{d[1:]}.yaml") for d in parents]
+    return OmegaConf.merge(*merged, {k: v for k, v in raw.items() if k != "defaults"})
 FIELDS = ("old_log_prob", "log_prob", "advantages", "response_mask")
 
 #: Splits of an 8-row mini-batch: per data-parallel rank, the rows of each of its micro-batches.
@@ -35,7 +44,7 @@ THREE_WAY = LAYOUTS["micro_2_1_5"]
 
 def recipe_config(method: str):
     """The actor config with the loss settings of ``recipes/algo/<method>.yaml`` (unset keys: veRL's defaults)."""
-    actor = OmegaConf.load(ALGO_DIR / f"{method}.yaml").actor_rollout_ref.actor
+    actor = load_algo(ALGO_DIR / f"{method}.yaml").actor_rollout_ref.actor
     config = make_actor_config(
         loss_mode=actor.policy_loss.loss_mode,
         clip_ratio_low=actor.clip_ratio_low,
