@@ -31,6 +31,8 @@ def load_algo(path: Path):
     parents = [d for d in raw.get("defaults", []) if isinstance(d, str) and d.startswith("/")]
     merged = [load_algo(PLUGIN_CONFIG_DIR / f"{d[1:]}.yaml") for d in parents]
     return OmegaConf.merge(*merged, {k: v for k, v in raw.items() if k != "defaults"})
+
+
 FIELDS = ("old_log_prob", "log_prob", "advantages", "response_mask")
 
 #: Splits of an 8-row mini-batch: per data-parallel rank, the rows of each of its micro-batches.

@@ -137,9 +137,7 @@ def test_sync_parameters_change_and_checkpoints_load(sync_run):
     from transformers import AutoModelForCausalLM
 
     out = Path(sync_run.out_dir)
-    paths = [out / "model-vllm-cpu"] + [
-        out / f"checkpoints/global_step_{k}/actor/huggingface" for k in range(1, STEPS + 1)
-    ]
+    paths = [out / "model"] + [out / f"checkpoints/global_step_{k}/actor/huggingface" for k in range(1, STEPS + 1)]
     weights = [load_file(p / "model.safetensors") for p in paths]
     for before, after in zip(weights, weights[1:]):
         assert all(torch.isfinite(t).all() for t in after.values())

@@ -357,14 +357,14 @@ NEEDS_VLLM = pytest.mark.skipif(
 @pytest.mark.slow
 @pytest.mark.parametrize("rollout", [pytest.param("vllm", marks=NEEDS_VLLM), "hf"])
 def test_cpu_evaluation_of_a_tiny_model(tmp_path, rollout):
-    """veRL's validation of the head-size-32 toy model on two tiny benchmarks with different n, through the CLI,
+    """veRL's validation of the bundled toy model on two tiny benchmarks with different n, through the CLI,
     with veRL's vLLM rollout (the evaluation's default engine, here vLLM's CPU build) and with the ``hf`` rollout;
     the JSON and the table agree with the per-response dump, and with veRL's own logged means."""
     from verl_espo.evaluate import main
-    from verl_espo.toy.assets import build_vllm_cpu_assets
+    from verl_espo.toy.assets import build_assets
     from verl_espo.vllm_cpu.smoke import SWITCH
 
-    model = build_vllm_cpu_assets(tmp_path / "model")
+    model = build_assets(tmp_path / "model")
     problems = {"arith": sample_problems(6, 11), "arith_small": sample_problems(3, 12)}
     files = {name: write_rows(tmp_path / f"{name}.parquet", make_rows(p, "test")) for name, p in problems.items()}
     n = {"arith": 4, "arith_small": 2}

@@ -540,7 +540,7 @@ def test_cpu_toy_run_of_a_recipe(tmp_path, monkeypatch, capfd):
     from verl_espo.data import DATASETS
     from verl_espo.data import __main__ as data_cli
     from verl_espo.data.common import load_sample
-    from verl_espo.toy.assets import build_vllm_cpu_assets
+    from verl_espo.toy.assets import build_assets
 
     data_root = tmp_path / "data"
     cmd = launch.data_command(launch.compose_recipe(TOY_RECIPE, [f"recipe.data_root={data_root}"]))
@@ -550,7 +550,7 @@ def test_cpu_toy_run_of_a_recipe(tmp_path, monkeypatch, capfd):
         monkeypatch.setattr(module, "load_hf", lambda *a, _n=name, split, **k: load_sample(_n, split))
     data_cli.prepare_all(out, only.split(","), template)
     model = tmp_path / "model"
-    build_vllm_cpu_assets(model)
+    build_assets(model)
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
 
     vllm = importlib.util.find_spec("vllm") is not None

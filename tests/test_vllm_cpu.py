@@ -65,7 +65,7 @@ def test_head_size_vllm_cpu_attention_rejects(tmp_path):
         checks.check_vllm_cpu_rollout(
             _config(_model_dir(tmp_path, hidden=64, heads=4)), memory=(8 * GIB, 16 * GIB), vllm_installed=True
         )
-    assert "python -m verl_espo.toy OUT --vllm-cpu" in str(err.value)
+    assert "python -m verl_espo.toy OUT" in str(err.value)
     # An explicit head_dim wins over hidden / heads.
     checks.check_vllm_cpu_rollout(
         _config(_model_dir(tmp_path, hidden=64, heads=4, head_dim=64)), memory=(8 * GIB, 16 * GIB), vllm_installed=True
@@ -214,12 +214,12 @@ def test_smoke_configs_check_a_bare_vllm_rollout(tmp_path):
 
 
 def test_main_ppo_refuses_before_ray_starts(tmp_path):
-    """The stock trainer entry point with the switch and the default toy model (head size 16) stops in the Hydra
-    callback: no Ray, and a message naming the fix (without vLLM: the extra)."""
+    """The stock trainer entry point with the switch and a toy model of head size 16 stops in the Hydra callback:
+    no Ray, and a message naming the fix (without vLLM: the extra)."""
     from verl_espo.toy.assets import build_tiny_model, build_tokenizer
 
     model = tmp_path / "model16"
-    build_tiny_model(model, build_tokenizer(model))
+    build_tiny_model(model, build_tokenizer(model), hidden_size=64, num_heads=4)
     env = {**os.environ, "VERL_PLATFORM": "cpu", "HYDRA_FULL_ERROR": "1"}
     cmd = [
         sys.executable, "-m", "verl.trainer.main_ppo", "--config-path=pkg://verl_espo.config",
@@ -235,24 +235,13 @@ def test_main_ppo_refuses_before_ray_starts(tmp_path):
 
 
 # ----------------------------------------------------------------------------- the toy model
-def test_vllm_cpu_toy_model(tmp_path):
-    from verl_espo.toy import VLLM_CPU_MODEL, build_assets, build_vllm_cpu_assets
-
-    vllm_model = json.loads((build_vllm_cpu_assets(tmp_path / "v", warmup_steps=0) / "toy_assets.json").read_text())
-    default = json.loads((build_assets(tmp_path / "d", warmup_steps=0) / "toy_assets.json").read_text())
-    assert vllm_model["model"]["head_dim"] == 32 and 32 in checks.CPU_ATTENTION_HEAD_SIZES
-    assert default["model"]["head_dim"] not in checks.CPU_ATTENTION_HEAD_SIZES
-    assert vllm_model["model"]["num_hidden_layers"] == default["model"]["num_hidden_layers"]
-    assert vllm_model["model"]["vocab_size"] == default["model"]["vocab_size"]  # the same tokenizer
-    assert vllm_model["model"]["num_attention_heads"] == VLLM_CPU_MODEL["num_heads"]
-    checks._check_head_size(str(tmp_path / "v"))
-
-
-def test_toy_cli_builds_the_vllm_model(tmp_path):
+def test_the_bundled_model_is_one_vllm_cpu_attention_takes(tmp_path):
     from verl_espo.toy.__main__ import main
 
-    assert main([str(tmp_path / "m"), "--vllm-cpu"]) == 0
-    assert json.loads(Path(tmp_path / "m" / "toy_assets.json").read_text())["model"]["head_dim"] == 32
+    assert main([str(tmp_path / "m"), "--seed", "0"]) == 0
+    record = json.loads(Path(tmp_path / "m" / "toy_assets.json").read_text())
+    assert record["model"]["head_dim"] == 32 and 32 in checks.CPU_ATTENTION_HEAD_SIZES
+    checks._check_head_size(str(tmp_path / "m"))
 
 
 # ----------------------------------------------------------------------------- python -m verl_espo.compare

