@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import random
 import string
-import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import pytest
 
@@ -39,20 +39,9 @@ NEVER_IN_TIME = ("power tower, 60 levels", "(10^{10^{10}})!")
 
 
 def _in_thread(fn):
-    out = {}
-
-    def run():
-        try:
-            out["value"] = fn()
-        except BaseException as e:  # pragma: no cover - reported below
-            out["error"] = e
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    thread.join()
-    if "error" in out:
-        raise out["error"]
-    return out["value"]
+    """``fn()`` run in another thread, as veRL's reward workers call the reward (its exception re-raised here)."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(fn).result()
 
 
 @pytest.mark.parametrize("name", list(ADVERSARIAL))
@@ -77,8 +66,14 @@ def test_a_check_that_hits_the_time_limit_is_reported(monkeypatch):
 
 
 def test_pool_time_limit_is_reported(monkeypatch):
-    """A check the pool does not finish within ``POOL_TIMEOUT_S`` (0 here: no result is ready that soon) scores 0,
-    with ``verify_timeout`` 1."""
-    monkeypatch.setattr(verify, "POOL_TIMEOUT_S", 0)
+    """A check the pool does not finish within ``POOL_TIMEOUT_S`` scores 0, with ``verify_timeout`` 1 (here a pool
+    whose check never finishes, so the limit is hit whatever the machine's speed)."""
+
+    class NeverDone:
+        def submit(self, *args, **kwargs) -> Future:
+            return Future()
+
+    monkeypatch.setattr(verify, "POOL_TIMEOUT_S", 0.1)
+    monkeypatch.setattr(verify, "_get_pool", lambda: NeverDone())
     result = _in_thread(lambda: compute_score("math500", "\\boxed{\\frac{1}{2}}", "0.5"))
     assert result == {"score": 0.0, "acc": False, "pred": "\\frac{1}{2}", "verify_timeout": 1.0}

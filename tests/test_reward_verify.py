@@ -6,7 +6,7 @@ wrong would fail here.
 
 from __future__ import annotations
 
-import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -120,20 +120,9 @@ def test_clean_answer(raw, clean):
 
 
 def _in_thread(fn):
-    out = {}
-
-    def run():
-        try:
-            out["value"] = fn()
-        except BaseException as e:  # pragma: no cover - reported below
-            out["error"] = e
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    thread.join()
-    if "error" in out:
-        raise out["error"]
-    return out["value"]
+    """``fn()`` run in another thread, as veRL's reward workers call the reward (its exception re-raised here)."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(fn).result()
 
 
 def test_reward_threads_get_math_verify_answers():
