@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from verl_espo import recipes
 from verl_espo.first_run_check import (
     CLIPFRAC,
     CLIPFRAC_LOWER,
@@ -169,39 +170,25 @@ def test_bounds_defaults_are_the_gpu_profile():
 # ---------------------------------------------------------------- the launcher's --first-run-check
 
 
-def _launcher():
-    import importlib.util
-    import sys
-
-    if "recipes_launch" not in sys.modules:  # the module test_recipes.py loads, under the same name
-        spec = importlib.util.spec_from_file_location("recipes_launch", SAMPLE.parents[2] / "recipes" / "launch.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["recipes_launch"] = module  # dataclasses resolve annotations through sys.modules
-        spec.loader.exec_module(module)
-    return sys.modules["recipes_launch"]
-
-
 def test_the_launcher_plans_a_short_fresh_run_of_the_ladder(tmp_path):
-    launch = _launcher()
-    plan = launch.first_run_plan("ladder/qwen2.5_0.5b_instruct_gsm8k", [], 15, data_root="/data", out=tmp_path,
-                                 check=False)  # fmt: skip
+    plan = recipes.first_run_plan("ladder/qwen2.5_0.5b_instruct_gsm8k", [], 15, data_root="/data", out=tmp_path,
+                                  check=False)  # fmt: skip
     assert plan.run_dir == tmp_path / "ladder" / "qwen2.5_0.5b_instruct-gsm8k-grpo-first-run"
     for arg in ("trainer.total_training_steps=15", "trainer.val_before_train=false", "trainer.test_freq=-1",
                 "trainer.save_freq=-1", "trainer.resume_mode=disable"):  # fmt: skip
         assert arg in plan.command
     assert plan.world == 1
     with pytest.raises(ValueError, match="first-run-steps"):
-        launch.first_run_plan("ladder/qwen2.5_0.5b_instruct_gsm8k", [], 0, data_root="/data", out=tmp_path)
+        recipes.first_run_plan("ladder/qwen2.5_0.5b_instruct_gsm8k", [], 0, data_root="/data", out=tmp_path)
 
 
 def test_the_launcher_checks_the_metrics_file_its_run_wrote(tmp_path, capsys):
-    launch = _launcher()
-    plan = launch.first_run_plan("ladder/qwen2.5_0.5b_instruct_gsm8k", ["algo=espo"], 12, data_root="/d",
-                                 out=tmp_path, check=False)  # fmt: skip
+    plan = recipes.first_run_plan("ladder/qwen2.5_0.5b_instruct_gsm8k", ["algo=espo"], 12, data_root="/d",
+                                  out=tmp_path, check=False)  # fmt: skip
     assert plan.run_dir.name == "qwen2.5_0.5b_instruct-gsm8k-espo-first-run"
     metrics = Path(plan.env["VERL_FILE_LOGGER_PATH"])
     metrics.parent.mkdir(parents=True)
     shutil.copy(SAMPLE, metrics)
-    assert launch.check_first_run(plan, "toy") == 0
-    assert launch.check_first_run(plan, "gpu") == 1
+    assert recipes.check_first_run(plan, "toy") == 0
+    assert recipes.check_first_run(plan, "gpu") == 1
     assert "FAIL  clip fraction" in capsys.readouterr().out

@@ -1,4 +1,4 @@
-"""The reproduction recipes (``recipes/``) and their launcher (``recipes/launch.py``).
+"""The reproduction recipes (``recipes/``) and their launcher (``python -m verl_espo.recipes``).
 
 Every run of the papers' tables composes with Hydra, its actor and rollout configs instantiate, and veRL's own
 config validation, the plugin's start-up checks and the recipes' scale checks pass for the stated world size, with
@@ -15,6 +15,7 @@ import importlib
 import importlib.util
 import io
 import math
+import os
 import sys
 from functools import lru_cache
 from importlib import resources
@@ -24,22 +25,12 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
+from verl_espo import recipes
 from verl_espo.runner import read_steps
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = REPO / "recipes"
 DATA_ROOT = "/data/root"  # composing never reads the files
-
-
-def _load_launcher():
-    spec = importlib.util.spec_from_file_location("recipes_launch", RECIPES / "launch.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["recipes_launch"] = module  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
-
-
-launch = _load_launcher()
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -66,7 +57,7 @@ def parse_each_config_file_once():
 
 @lru_cache(maxsize=None)
 def composed(recipe: str, overrides: tuple[str, ...] = ()):
-    return launch.compose_recipe(recipe, [f"recipe.data_root={DATA_ROOT}", *overrides])
+    return recipes.compose_recipe(recipe, [f"recipe.data_root={DATA_ROOT}", *overrides])
 
 
 def with_values(cfg, overrides: tuple[str, ...]):
@@ -221,7 +212,7 @@ RUN_IDS = [f"{recipe}[{' '.join(overrides)}]" for recipe, overrides, _ in RUNS]
 
 
 def test_every_recipe_file_is_in_the_tables():
-    assert launch.recipe_names() == sorted({recipe for recipe, _, _ in RUNS})
+    assert recipes.recipe_names() == sorted({recipe for recipe, _, _ in RUNS})
     assert sorted(p.stem for p in (RECIPES / "algo").glob("*.yaml")) == sorted(
         {o.split("=", 1)[1] for _, overrides, _ in RUNS for o in overrides if o.startswith("algo=")}
     )
@@ -249,7 +240,7 @@ def test_run_matches_the_paper_and_passes_verl_validation(recipe, overrides, exp
     assert isinstance(actor, FSDPActorConfig) and actor.strategy == "fsdp2"
     if actor.policy_loss.loss_mode in ("espo", "egspo", "chord"):
         assert isinstance(actor.policy_loss, PluginPolicyLossConfig)
-    launch.check_recipe(cfg)  # veRL's validate_config, the plugin's check_trainer_config, the scale checks
+    recipes.check_recipe(cfg)  # veRL's validate_config, the plugin's check_trainer_config, the scale checks
 
 
 # ----------------------------------------------------------------------------- methods differ only by method
@@ -336,7 +327,7 @@ def test_scale_arithmetic_of_the_moe_recipe():
     actor = cfg.actor_rollout_ref.actor
     assert actor.ppo_max_token_len_per_gpu * actor.ulysses_sequence_parallel_size == 2 * (1024 + 16384)
     assert info.heads % actor.ulysses_sequence_parallel_size == 0
-    assert launch.scale_problems(cfg) == []
+    assert recipes.scale_problems(cfg) == []
 
 
 @pytest.mark.parametrize(
@@ -353,29 +344,31 @@ def test_scale_arithmetic_of_the_moe_recipe():
 )  # fmt: skip
 def test_scale_checks_catch_settings_that_do_not_fit(overrides, message):
     cfg = with_values(composed("espo/qwen3_30b_a3b_base", ("algo=espo",)), overrides)
-    assert any(message in p for p in launch.scale_problems(cfg)), launch.scale_problems(cfg)
+    assert any(message in p for p in recipes.scale_problems(cfg)), recipes.scale_problems(cfg)
     with pytest.raises(ValueError, match="scale settings"):
-        launch.check_recipe(cfg)
+        recipes.check_recipe(cfg)
 
 
 def test_offloading_relieves_the_memory_check():
     # 1.7B on one GPU: 27 GB resident + 40 GB of vLLM is 67 GB (< 72); without the optimizer offload of the ladder
     # recipe (13.6 GB) and with vLLM at 0.6 it is 27.2 + 48 = 75 GB
     ladder = "ladder/qwen3_1.7b_base_dapo_math"
-    assert launch.scale_problems(composed(ladder, ("algo=grpo",))) == []
+    assert recipes.scale_problems(composed(ladder, ("algo=grpo",))) == []
     crowded = ("actor_rollout_ref.actor.fsdp_config.optimizer_offload=false",
                "actor_rollout_ref.rollout.gpu_memory_utilization=0.6")  # fmt: skip
-    assert any("exceed 90%" in p for p in launch.scale_problems(with_values(composed(ladder, ("algo=grpo",)), crowded)))
+    assert any(
+        "exceed 90%" in p for p in recipes.scale_problems(with_values(composed(ladder, ("algo=grpo",)), crowded))
+    )
 
 
 # ----------------------------------------------------------------------------- headers
-@pytest.mark.parametrize("recipe", launch.recipe_names())
+@pytest.mark.parametrize("recipe", recipes.recipe_names())
 def test_recipe_header_gives_data_and_launch_commands(recipe):
     text = (RECIPES / f"{recipe}.yaml").read_text()
     header = text.split("\nhydra:", 1)[0]
     assert header.startswith("# @package _global_\n# ")
-    assert f"python recipes/launch.py data {recipe} --data-root $DATA" in header
-    assert f"python recipes/launch.py run {recipe}" in header
+    assert f"python -m verl_espo.recipes data {recipe} --data-root $DATA" in header
+    assert f"python -m verl_espo.recipes run {recipe}" in header
     assert f"--config-name={recipe}" in header  # the plain veRL command
 
 
@@ -389,7 +382,7 @@ def test_group_options_and_shared_parts_open_with_a_comment():
 
 # ----------------------------------------------------------------------------- the launcher's plans
 def test_plan_of_an_ablation(tmp_path):
-    plan = launch.plan_run(
+    plan = recipes.plan_run(
         "espo/qwen3_30b_a3b_base", [f"{LOSS}.espo.alpha=0.05"], data_root="/data", out=tmp_path, check=False,
         ray_address="auto",
     )  # fmt: skip
@@ -414,27 +407,30 @@ def test_plan_of_an_ablation(tmp_path):
 
 def test_plan_resumes_from_the_latest_checkpoint(tmp_path):
     run_dir = tmp_path / "espo" / "qwen3_1.7b_base-gspo"
-    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "checkpoints" / "global_step_64").mkdir(parents=True)
     (run_dir / "checkpoints" / "latest_checkpointed_iteration.txt").write_text("64\n")
     (run_dir / "metrics-000.jsonl").write_text("")
-    plan = launch.plan_run("espo/qwen3_1.7b_base", ["algo=gspo"], data_root="/d", out=tmp_path, check=False)
+    plan = recipes.plan_run("espo/qwen3_1.7b_base", ["algo=gspo"], data_root="/d", out=tmp_path, check=False)
     assert any("global_step_64" in note and "resuming" in note for note in plan.notes)
     assert plan.env["VERL_FILE_LOGGER_PATH"] == str(run_dir / "metrics-001.jsonl")  # the first attempt's log stays
-    fresh = launch.plan_run("espo/qwen3_1.7b_base", ["algo=gspo"], data_root="/d", out=tmp_path, check=False,
-                            no_resume=True)  # fmt: skip
+    fresh = recipes.plan_run("espo/qwen3_1.7b_base", ["algo=gspo"], data_root="/d", out=tmp_path, check=False,
+                             no_resume=True)  # fmt: skip
     assert "trainer.resume_mode=disable" in fresh.command and not any("resuming" in n for n in fresh.notes)
     ckpt = str(run_dir / "checkpoints" / "global_step_32")
-    other = launch.plan_run("espo/qwen3_1.7b_base", ["algo=gspo"], data_root="/d", out=tmp_path, check=False,
-                            resume_from=ckpt)  # fmt: skip
+    other = recipes.plan_run("espo/qwen3_1.7b_base", ["algo=gspo"], data_root="/d", out=tmp_path, check=False,
+                             resume_from=ckpt)  # fmt: skip
     assert "trainer.resume_mode=resume_path" in other.command and f"trainer.resume_from_path={ckpt}" in other.command
+    (run_dir / "checkpoints" / "latest_checkpointed_iteration.txt").write_text("65\n")  # a step without its folder
+    stale = recipes.plan_run("espo/qwen3_1.7b_base", ["algo=gspo"], data_root="/d", out=tmp_path, check=False)
+    assert not any("resuming" in n for n in stale.notes)  # veRL's lookup finds no checkpoint: the run starts afresh
     with pytest.raises(ValueError, match="exclude each other"):
-        launch.plan_run("espo/qwen3_1.7b_base", [], data_root="/d", out=tmp_path, resume_from=ckpt, no_resume=True)
+        recipes.plan_run("espo/qwen3_1.7b_base", [], data_root="/d", out=tmp_path, resume_from=ckpt, no_resume=True)
     with pytest.raises(ValueError, match="the launcher sets these"):
-        launch.plan_run("espo/qwen3_1.7b_base", ["hydra.run.dir=/x"], data_root="/d", out=tmp_path)
+        recipes.plan_run("espo/qwen3_1.7b_base", ["hydra.run.dir=/x"], data_root="/d", out=tmp_path)
 
 
 def test_plan_of_the_egspo_chain(tmp_path):
-    plan = launch.plan_run(EGSPO, ["algo=grpo"], data_root="/d", out=tmp_path, sft=True)  # SFT-then-GRPO, checked
+    plan = recipes.plan_run(EGSPO, ["algo=grpo"], data_root="/d", out=tmp_path, sft=True)  # SFT-then-GRPO, checked
     sft_dir = tmp_path / "egspo" / "sft-qwen2.5_7b_instruct"
     assert plan.sft_dir == sft_dir and plan.run_dir.name == "qwen2.5_7b_instruct-grpo-from-sft"
     sft = plan.sft_command
@@ -443,14 +439,14 @@ def test_plan_of_the_egspo_chain(tmp_path):
     assert f"trainer.default_local_dir={sft_dir}" in sft
     assert f"actor_rollout_ref.model.path={sft_dir}/global_step_LATEST/huggingface" in plan.command
     (sft_dir).mkdir(parents=True)
-    (sft_dir / launch.SFT_DONE).write_text("")
-    again = launch.plan_run(EGSPO, [], data_root="/d", out=tmp_path, sft=True, sft_step=3, check=False)
+    (sft_dir / recipes.SFT_DONE).write_text("")
+    again = recipes.plan_run(EGSPO, [], data_root="/d", out=tmp_path, sft=True, sft_step=3, check=False)
     assert again.sft_command is None and any("reusing" in n for n in again.notes)  # stage 1 runs once per model
     assert f"actor_rollout_ref.model.path={sft_dir}/global_step_3/huggingface" in again.command
-    direct = launch.plan_run(EGSPO, [], data_root="/d", out=tmp_path, check=False)
+    direct = recipes.plan_run(EGSPO, [], data_root="/d", out=tmp_path, check=False)
     assert any("skips its stage 1" in n for n in direct.notes)
     with pytest.raises(ValueError, match="no SFT stage"):
-        launch.plan_run("espo/qwen3_1.7b_base", [], data_root="/d", out=tmp_path, sft=True, check=False)
+        recipes.plan_run("espo/qwen3_1.7b_base", [], data_root="/d", out=tmp_path, sft=True, check=False)
 
 
 def test_run_chains_stage_1_into_rl(tmp_path):
@@ -464,45 +460,84 @@ def test_run_chains_stage_1_into_rl(tmp_path):
     )
     record = f"import sys, pathlib; pathlib.Path({str(tmp_path / 'argv')!r}).write_text(sys.argv[1])"
     placeholder = f"actor_rollout_ref.model.path={sft_dir}/global_step_LATEST/huggingface"
-    plan = launch.Plan(
+    plan = recipes.Plan(
         "egspo/qwen2.5_7b_instruct", run_dir, [sys.executable, "-c", record, placeholder], {}, 8,
         sft_command=[sys.executable, "-c", write_ckpt], sft_dir=sft_dir, base_model="Qwen/Qwen2.5-7B-Instruct",
     )  # fmt: skip
-    assert launch.run(plan, dry_run=False) == 0
+    assert recipes.run(plan, dry_run=False) == 0
     assert (tmp_path / "argv").read_text() == f"actor_rollout_ref.model.path={hf}"
-    assert (sft_dir / launch.SFT_DONE).exists() and (run_dir / "command.txt").exists()
-    failing = launch.Plan(
+    assert (sft_dir / recipes.SFT_DONE).exists() and (run_dir / "command.txt").exists()
+    failing = recipes.Plan(
         plan.recipe, tmp_path / "run2", plan.command, {}, 8, sft_command=[sys.executable, "-c", "raise SystemExit(3)"],
         sft_dir=tmp_path / "sft2",
     )  # fmt: skip
-    assert launch.run(failing, dry_run=False) == 3 and not (tmp_path / "run2").exists()
+    assert recipes.run(failing, dry_run=False) == 3 and not (tmp_path / "run2").exists()
 
 
 def test_run_prints_before_running(tmp_path, capsys):
-    plan = launch.plan_run("ladder/qwen2.5_0.5b_instruct_gsm8k", ["algo=espo"], data_root="/d", out=tmp_path)
-    assert launch.run(plan, dry_run=True) == 0
+    plan = recipes.plan_run("ladder/qwen2.5_0.5b_instruct_gsm8k", ["algo=espo"], data_root="/d", out=tmp_path)
+    assert recipes.run(plan, dry_run=True) == 0
     printed = capsys.readouterr().out
     assert "python -m verl.trainer.main_ppo" in printed.replace(sys.executable, "python")
     assert "VERL_USE_EXTERNAL_MODULES=verl_espo._plugin" in printed and not plan.run_dir.exists()
 
 
 def test_data_command_lists_the_recipes_sets_with_its_template():
-    cmd = launch.data_command(composed(EGSPO, ("algo=egspo",)))
+    cmd = recipes.data_command(composed(EGSPO, ("algo=egspo",)))
     assert cmd[1:4] == ["-m", "verl_espo.data", "all"]
     assert cmd[cmd.index("--out") + 1] == f"{DATA_ROOT}/chord" and cmd[cmd.index("--template") + 1] == "chord"
     assert cmd[cmd.index("--only") + 1].split(",") == ["openr1_math", "aime2024", "aime2025", "amc2023", "math500"]
-    espo = launch.data_command(composed("espo/qwen3_4b_base", ("algo=espo",)))
+    espo = recipes.data_command(composed("espo/qwen3_4b_base", ("algo=espo",)))
     assert espo[espo.index("--only") + 1] == "simplerl_zoo,math500,aime2024,aime2025,hmmt_feb2025"
 
 
 def test_cli_dry_runs(capsys):
-    assert launch.main(["ray-worker", "--address", "10.0.0.1:6379", "--num-gpus", "8", "--dry-run"]) == 0
+    assert recipes.main(["ray-worker", "--address", "10.0.0.1:6379", "--num-gpus", "8", "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "start --address=10.0.0.1:6379 --num-gpus=8" in out and "VERL_USE_EXTERNAL_MODULES=verl_espo._plugin" in out
-    assert launch.main(["data", "ladder/qwen3_1.7b_base_dapo_math", "--data-root", "/d", "--dry-run"]) == 0
+    assert recipes.main(["data", "ladder/qwen3_1.7b_base_dapo_math", "--data-root", "/d", "--dry-run"]) == 0
     assert "--only dapo_math,aime2024" in capsys.readouterr().out
-    assert launch.main(["run", "espo/nope", "--dry-run"]) == 2
+    assert recipes.main(["run", "espo/nope", "--dry-run"]) == 2
     assert "unknown recipe" in capsys.readouterr().err
+
+
+def test_the_recipes_folder_comes_from_the_flag_the_variable_or_the_checkout(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv(recipes.RECIPES_ENV, raising=False)
+    assert recipes.find_recipes_dir() == RECIPES  # this checkout's
+    mine = tmp_path / "mine"
+    for folder in recipes.PAPER_DIRS:
+        (mine / folder).mkdir(parents=True)
+    (mine / "ladder" / "tiny.yaml").write_text("# @package _global_\n")
+    monkeypatch.setenv(recipes.RECIPES_ENV, str(mine))
+    assert recipes.recipe_names() == ["ladder/tiny"]
+    assert recipes.find_recipes_dir(RECIPES) == RECIPES  # --recipes-dir wins over the variable
+    with pytest.raises(ValueError, match=r"no recipes folder at .*elsewhere \(--recipes-dir; it lacks espo/"):
+        recipes.find_recipes_dir(tmp_path / "elsewhere")
+    monkeypatch.setenv(recipes.RECIPES_ENV, str(tmp_path))
+    assert recipes.main(["run", "espo/qwen3_1.7b_base", "--dry-run"]) == 2
+    assert f"(${recipes.RECIPES_ENV}; it lacks espo/, egspo/, ladder/)" in capsys.readouterr().err
+    assert recipes.main(["list", "--recipes-dir", str(RECIPES)]) == 0
+    assert "espo/qwen3_1.7b_base\n" in capsys.readouterr().out
+
+
+def test_the_cli_is_a_module_and_an_install_without_its_checkout_names_the_flag(tmp_path):
+    """``python -m verl_espo.recipes``, here from this checkout; then from a copy of the package alone, as a
+    non-editable install puts it in site-packages, where no recipes folder is next to it."""
+    import shutil
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if k != recipes.RECIPES_ENV}
+    here = subprocess.run([sys.executable, "-m", "verl_espo.recipes", "list"], capture_output=True, text=True,
+                          env={**env, "PYTHONPATH": str(REPO)}, cwd=tmp_path, timeout=120)  # fmt: skip
+    assert here.returncode == 0 and here.stdout.split() == recipes.recipe_names(), here.stderr
+    site = tmp_path / "site-packages"
+    shutil.copytree(REPO / "verl_espo", site / "verl_espo", ignore=shutil.ignore_patterns("__pycache__"))
+    installed = subprocess.run([sys.executable, "-m", "verl_espo.recipes", "show", "espo/qwen3_1.7b_base"],
+                               capture_output=True, text=True, env={**env, "PYTHONPATH": str(site)}, cwd=tmp_path,
+                               timeout=120)  # fmt: skip
+    assert installed.returncode == 2, installed.stdout + installed.stderr
+    assert f"no recipes folder at {site / 'recipes'} (next to the verl_espo package" in installed.stderr
+    assert "pass --recipes-dir DIR" in installed.stderr
 
 
 # ----------------------------------------------------------------------------- toy scale on CPU
@@ -530,7 +565,7 @@ def test_cpu_toy_keeps_the_recipe_and_takes_the_smoke_settings(recipe, method):
     assert OmegaConf.merge(rollout, switch.actor_rollout_ref.rollout) == rollout  # every setting of the switch holds
     assert toy.trainer.nnodes * toy.trainer.n_gpus_per_node == 1 and toy.trainer.total_training_steps == 2
     assert "file" in toy.trainer.logger and toy.data.filter_overlong_prompts
-    launch.check_recipe(toy)
+    recipes.check_recipe(toy)
 
 
 @pytest.mark.slow
@@ -543,7 +578,7 @@ def test_cpu_toy_run_of_a_recipe(tmp_path, monkeypatch, capfd):
     from verl_espo.toy.assets import build_assets
 
     data_root = tmp_path / "data"
-    cmd = launch.data_command(launch.compose_recipe(TOY_RECIPE, [f"recipe.data_root={data_root}"]))
+    cmd = recipes.data_command(recipes.compose_recipe(TOY_RECIPE, [f"recipe.data_root={data_root}"]))
     out, template, only = (cmd[cmd.index(flag) + 1] for flag in ("--out", "--template", "--only"))
     for name in DATASETS:  # the preparation code, reading the in-repo samples instead of the Hub
         module = importlib.import_module(f"verl_espo.data.{name}")
@@ -555,12 +590,12 @@ def test_cpu_toy_run_of_a_recipe(tmp_path, monkeypatch, capfd):
 
     vllm = importlib.util.find_spec("vllm") is not None
     fallback = [] if vllm else ["actor_rollout_ref.rollout.name=hf"]
-    plan = launch.plan_run(
+    plan = recipes.plan_run(
         TOY_RECIPE, ["hardware=cpu_toy", f"actor_rollout_ref.model.path={model}", *fallback], data_root=data_root,
         out=tmp_path / "runs",
     )  # fmt: skip
     assert plan.env["VERL_PLATFORM"] == "cpu"
-    code = launch.run(plan, dry_run=False, timeout_s=300)
+    code = recipes.run(plan, dry_run=False, timeout_s=300)
     log = "\n".join(capfd.readouterr())  # the trainer's stdout and stderr (Ray forwards its workers' logs)
     assert code == 0, (plan.run_dir / "command.txt").read_text() + log[-5000:]
     assert ("vLLMHttpServer" in log) == vllm and ("hf rollout:" in log) != vllm, "not the rollout the recipe names"

@@ -21,7 +21,6 @@ import json
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -239,30 +238,24 @@ def _checkpoint_digest(out: Path, step: int) -> str:
 
 
 def test_recipes_launcher_and_slurm_script_resume_after_a_requeue(tmp_path):
-    """After a preemption SLURM reruns the same script and arguments (``--requeue``); ``launch.py run`` then
+    """After a preemption SLURM reruns the same script and arguments (``--requeue``); ``verl_espo.recipes run`` then
     builds a command that resumes from the latest checkpoint (the recipes' ``trainer.resume_mode=auto``, no
     override), with a fresh metrics file so the first attempt's log stays."""
-    import importlib.util
+    from verl_espo import recipes
 
     repo = Path(__file__).parents[1]
-    if "recipes_launch" not in sys.modules:  # dataclasses resolve annotations through sys.modules
-        spec = importlib.util.spec_from_file_location("recipes_launch", repo / "recipes" / "launch.py")
-        sys.modules["recipes_launch"] = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(sys.modules["recipes_launch"])
-    launch = sys.modules["recipes_launch"]
-
     sbatch = (repo / "recipes" / "slurm.sbatch").read_text()
     assert "\n#SBATCH --requeue\n" in sbatch
-    assert 'python "$LAUNCH" run "$RECIPE" --ray-address "$HEAD_IP:$PORT" "$@"' in sbatch
+    assert 'python -m verl_espo.recipes run "$RECIPE" --ray-address "$HEAD_IP:$PORT" "$@"' in sbatch
     for recipe in ("espo/qwen3_1.7b_base", "egspo/qwen2.5_7b_instruct"):
-        cfg = launch.compose_recipe(recipe, ["recipe.data_root=/d"])
+        cfg = recipes.compose_recipe(recipe, ["recipe.data_root=/d"])
         assert cfg.trainer.resume_mode == "auto" and int(cfg.trainer.save_freq) > 0, recipe
-        first = launch.plan_run(recipe, [], data_root="/d", out=tmp_path, check=False)
+        first = recipes.plan_run(recipe, [], data_root="/d", out=tmp_path, check=False)
         checkpoints = first.run_dir / "checkpoints"
-        checkpoints.mkdir(parents=True)
+        (checkpoints / "global_step_6").mkdir(parents=True)
         (checkpoints / "latest_checkpointed_iteration.txt").write_text("6")
         (first.run_dir / "metrics-000.jsonl").write_text("")
-        requeued = launch.plan_run(recipe, [], data_root="/d", out=tmp_path, check=False)
+        requeued = recipes.plan_run(recipe, [], data_root="/d", out=tmp_path, check=False)
         assert not any(arg.startswith("trainer.resume_mode=") for arg in requeued.command)
         assert f"trainer.default_local_dir={checkpoints}" in requeued.command
         assert any("global_step_6" in note and "resuming" in note for note in requeued.notes)

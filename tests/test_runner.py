@@ -83,6 +83,8 @@ def test_trainer_env(tmp_path, monkeypatch):
     assert env["VERL_FILE_LOGGER_PATH"] == str(tmp_path / "m.jsonl") and env["VERL_PLATFORM"] == "cpu"
     assert env["A"] == "1" and env["PATH"] == os.environ["PATH"]
     assert "VERL_PLATFORM" not in runner.trainer_env()  # GPUs: veRL detects the platform itself
+    added = runner.trainer_vars(tmp_path / "m.jsonl", cpu=True, extra={"A": "1"})  # what a launcher prints
+    assert env == {**os.environ, **added} and "PATH" not in added and added["A"] == "1"
     assert json.dumps(env)  # plain strings only
     assert Path(env["VERL_FILE_LOGGER_PATH"]).name == "m.jsonl"
 

@@ -16,7 +16,7 @@ recorded log are checked the same way. Each check prints its figure against its 
 * ``grad norm``: every ``actor/grad_norm`` is finite and > 0.
 
 The bounds are this project's choice, stated in :data:`PROFILES`: ``gpu`` for the one-GPU ladder recipe run for
-10-20 steps (``python recipes/launch.py run ladder/qwen2.5_0.5b_instruct_gsm8k --first-run-check``), ``toy`` for
+10-20 steps (``python -m verl_espo.recipes run ladder/qwen2.5_0.5b_instruct_gsm8k --first-run-check``), ``toy`` for
 the bundled CPU default. ``python -m verl_espo.first_run_check RUN_DIR [--profile gpu|toy]`` checks a log.
 """
 

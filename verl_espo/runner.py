@@ -3,7 +3,7 @@ started.
 
 Every process that runs a veRL trainer goes through here: the smoke runs (:mod:`verl_espo.smoke`), the comparison
 (:mod:`verl_espo.compare`), EGSPO's stages (:mod:`verl_espo.stages`), the evaluation (:mod:`verl_espo.evaluation`)
-and the recipes' launcher (``recipes/launch.py``). The trainer runs in its own process group, so a timeout or an
+and the recipes' launcher (:mod:`verl_espo.recipes`). The trainer runs in its own process group, so a timeout or an
 interrupt ends Ray's processes with it. veRL's ``file`` logger is read by
 :func:`verl_espo.report.runs.read_file_logger`, the one reader of veRL's metric logs.
 """
@@ -25,6 +25,7 @@ from verl_espo.report.runs import merge_by_step, read_file_logger
 __all__ = [
     "STEP_COLUMNS",
     "TIMEOUT_RETURNCODE",
+    "trainer_vars",
     "trainer_env",
     "start",
     "stop",
@@ -67,20 +68,26 @@ STEP_COLUMNS = (
 )
 
 
-def trainer_env(
+def trainer_vars(
     metrics: Optional[Path] = None, *, cpu: bool = False, extra: Optional[Mapping[str, str]] = None
 ) -> dict[str, str]:
-    """This process's environment plus what a trainer process needs: veRL's ``file`` logger writing every step to
-    ``metrics``, unbuffered output, Hydra's full errors; with ``cpu`` the plugin's CPU platform and every Ray
+    """What a trainer process needs on top of this process's environment: veRL's ``file`` logger writing every step
+    to ``metrics``, unbuffered output, Hydra's full errors; with ``cpu`` the plugin's CPU platform and every Ray
     worker's log lines (no deduplication); ``extra`` last."""
-    env = dict(os.environ)
-    env.update(TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1", HYDRA_FULL_ERROR="1")
+    env = {"TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "1"}
     if metrics is not None:
         env["VERL_FILE_LOGGER_PATH"] = str(metrics)  # veRL's `file` logger writes every step here
     if cpu:
         env.update(VERL_PLATFORM="cpu", RAY_DEDUP_LOGS="0")  # the plugin's CPU platform (verl_espo/platform/cpu.py)
     env.update(extra or {})
     return env
+
+
+def trainer_env(
+    metrics: Optional[Path] = None, *, cpu: bool = False, extra: Optional[Mapping[str, str]] = None
+) -> dict[str, str]:
+    """This process's environment plus :func:`trainer_vars`."""
+    return {**os.environ, **trainer_vars(metrics, cpu=cpu, extra=extra)}
 
 
 def start(

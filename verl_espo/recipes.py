@@ -1,32 +1,36 @@
-#!/usr/bin/env python
-"""The one launcher of the recipes: data, single node, multi-node Ray, SLURM, the EGSPO chain (SFT -> RL), resuming.
+"""The recipes' launcher: data, single node, multi-node Ray, SLURM, the EGSPO chain (SFT -> RL), resuming.
 
-Run from anywhere (paths are resolved against this file). Every command prints what it runs, with its environment,
-before running it; ``--dry-run`` only prints.
+Every command prints what it runs, with the environment it adds, before running it; ``--dry-run`` only prints.
 
-    python recipes/launch.py list                                   # the launchable recipes
-    python recipes/launch.py data RECIPE [--data-root DIR]          # prepare the recipe's data sets (needs the Hub)
-    python recipes/launch.py show RECIPE [overrides ...]            # the composed config, then the checks
-    python recipes/launch.py run  RECIPE [--data-root DIR] [--out DIR] [--ray-address ADDR] [--sft]
-                                  [--resume-from PATH | --no-resume] [--name NAME] [overrides ...]
-    python recipes/launch.py run  RECIPE --first-run-check [--first-run-steps 15] [--first-run-profile gpu]
-    python recipes/launch.py ray-head   [--port 6379] [--block]     # multi-node: on the head node, first
-    python recipes/launch.py ray-worker --address HEAD:6379 [--block]   # then on every other node
+    python -m verl_espo.recipes list                                # the launchable recipes
+    python -m verl_espo.recipes data RECIPE [--data-root DIR]       # prepare the recipe's data sets (needs the Hub)
+    python -m verl_espo.recipes show RECIPE [overrides ...]         # the composed config, then the checks
+    python -m verl_espo.recipes run  RECIPE [--data-root DIR] [--out DIR] [--ray-address ADDR] [--sft]
+                                     [--resume-from PATH | --no-resume] [--name NAME] [overrides ...]
+    python -m verl_espo.recipes run  RECIPE --first-run-check [--first-run-steps 15] [--first-run-profile gpu]
+    python -m verl_espo.recipes ray-head   [--port 6379] [--block]      # multi-node: on the head node, first
+    python -m verl_espo.recipes ray-worker --address HEAD:6379 [--block]    # then on every other node
+
+RECIPE is a path under the recipes folder without ``.yaml``, e.g. ``espo/qwen3_1.7b_base``. The recipes folder is
+``recipes/`` of the source checkout this package is in (an editable install); ``--recipes-dir DIR`` or
+``$VERL_ESPO_RECIPES`` names another one (needed where the package is installed without its checkout).
 
 ``run`` composes the recipe (Hydra, the same search path as the trainer), checks it (veRL's ``validate_config``,
 the plugin's ``check_trainer_config``, and the recipe's parallelism and memory arithmetic for the stated world
-size), then runs ``python -m verl.trainer.main_ppo --config-path=<recipes> --config-name=RECIPE`` with the run's
-directory ``<out>/<project>/<experiment>/`` (Hydra config, ``metrics-NNN.jsonl``, ``checkpoints/``). Running the same
-command again resumes from the latest checkpoint there (veRL's ``resume_mode=auto``). ``--sft`` first runs EGSPO's
-stage 1 (veRL's SFT trainer, :mod:`verl_espo.stages`) once per model and starts RL from its weights.
-RECIPE is a path under ``recipes/`` without ``.yaml``, e.g. ``espo/qwen3_1.7b_base``. ``run --first-run-check`` runs
-the recipe for a few steps (no validation, no checkpoints, never resuming) as ``<experiment>-first-run`` and then
-checks its metrics against :mod:`verl_espo.first_run_check`'s bounds, printing each figure against its bound.
+size), then runs ``python -m verl.trainer.main_ppo --config-path=<recipes> --config-name=RECIPE`` through
+:mod:`verl_espo.runner` with the run's directory ``<out>/<project>/<experiment>/`` (Hydra config,
+``metrics-NNN.jsonl``, ``checkpoints/``). Running the same command again resumes from the latest checkpoint there
+(veRL's ``resume_mode=auto``). ``--sft`` first runs EGSPO's stage 1 (veRL's SFT trainer, :mod:`verl_espo.stages`)
+once per model and starts RL from its weights. ``run --first-run-check`` runs the recipe for a few steps (no
+validation, no checkpoints, never resuming) as ``<experiment>-first-run`` and then checks its metrics against
+:mod:`verl_espo.first_run_check`'s bounds, printing each figure against its bound.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import os
 import shlex
 import sys
@@ -35,11 +39,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-RECIPES_DIR = Path(__file__).resolve().parent
+from verl_espo import runner, stages
+
+#: The recipes folder next to this package in its source checkout (an editable install).
+CHECKOUT_RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+#: The environment variable that names another recipes folder (``--recipes-dir`` wins over it).
+RECIPES_ENV = "VERL_ESPO_RECIPES"
 #: The folders holding launchable recipes (one per paper, plus the one-GPU ladder); the others are config groups.
 PAPER_DIRS = ("espo", "egspo", "ladder")
 #: Where the data goes and the runs go unless --data-root / --out (or these environment variables) say otherwise.
 DATA_ROOT_ENV, OUT_ENV = "VERL_ESPO_DATA_ROOT", "VERL_ESPO_OUT"
+#: What starts each line the launcher prints.
+PREFIX = "[recipes]"
 #: Written into an SFT directory once stage 1 has finished, so later ``--sft`` runs reuse it.
 SFT_DONE = "SFT_DONE"
 #: The environment every process of a run needs: the plugin imported by every Ray worker (it is also loaded through
@@ -55,8 +66,9 @@ _LAUNCHER_KEYS = ("trainer.default_local_dir", "hydra.run.dir")
 FIRST_RUN_OVERRIDES = ("trainer.val_before_train=false", "trainer.test_freq=-1", "trainer.save_freq=-1")
 
 __all__ = [
-    "RECIPES_DIR",
+    "RECIPES_ENV",
     "Plan",
+    "find_recipes_dir",
     "recipe_names",
     "compose_recipe",
     "scale_problems",
@@ -64,38 +76,56 @@ __all__ = [
     "data_command",
     "plan_run",
     "first_run_plan",
+    "run",
     "check_first_run",
     "main",
 ]
 
 
 # ----------------------------------------------------------------------------- composing and checking
-def recipe_names() -> list[str]:
+def find_recipes_dir(recipes_dir: str | Path | None = None) -> Path:
+    """The recipes folder: ``recipes_dir`` (``--recipes-dir``), else ``$VERL_ESPO_RECIPES``, else the checkout's.
+
+    Raises ``ValueError`` naming the flag when the folder holds no recipes (a package installed without its source
+    checkout has none next to it).
+    """
+    given = recipes_dir or os.environ.get(RECIPES_ENV)
+    path = Path(given).expanduser().resolve() if given else CHECKOUT_RECIPES
+    missing = [f"{folder}/" for folder in PAPER_DIRS if not (path / folder).is_dir()]
+    if missing:
+        source = ("--recipes-dir" if recipes_dir else f"${RECIPES_ENV}") if given else "next to the verl_espo package"
+        raise ValueError(
+            f"no recipes folder at {path} ({source}; it lacks {', '.join(missing)}): pass --recipes-dir DIR "
+            f"(or set {RECIPES_ENV}=DIR) with the recipes/ folder of a verl-espo checkout"
+        )
+    return path
+
+
+def recipe_names(recipes_dir: str | Path | None = None) -> list[str]:
     """Every launchable recipe, ``<paper folder>/<name>`` (files starting with ``_`` are shared parts)."""
+    root = find_recipes_dir(recipes_dir)
     return sorted(
-        f"{folder}/{path.stem}"
-        for folder in PAPER_DIRS
-        for path in (RECIPES_DIR / folder).glob("*.yaml")
+        f"{folder}/{path.stem}" for folder in PAPER_DIRS for path in (root / folder).glob("*.yaml")
         if not path.name.startswith("_")
-    )
+    )  # fmt: skip
 
 
-def _check_recipe_name(recipe: str) -> str:
-    recipe = recipe.removesuffix(".yaml").strip("/")
-    if recipe not in recipe_names():
-        raise ValueError(f"unknown recipe {recipe!r}; choose from: {', '.join(recipe_names())}")
+def _check_recipe_name(recipe: str, recipes_dir: str | Path | None) -> str:
+    recipe, names = recipe.removesuffix(".yaml").strip("/"), recipe_names(recipes_dir)
+    if recipe not in names:
+        raise ValueError(f"unknown recipe {recipe!r}; choose from: {', '.join(names)}")
     return recipe
 
 
-def compose_recipe(recipe: str, overrides: Sequence[str] = ()):
-    """The recipe composed by Hydra exactly as ``main_ppo --config-path=recipes --config-name=RECIPE`` composes it.
+def compose_recipe(recipe: str, overrides: Sequence[str] = (), recipes_dir: str | Path | None = None):
+    """The recipe composed by Hydra exactly as ``main_ppo --config-path=<recipes> --config-name=RECIPE`` composes it.
 
     ``hydra.*`` overrides only steer Hydra's run directory and are left out here.
     """
     from hydra import compose, initialize_config_dir
 
-    recipe = _check_recipe_name(recipe)
-    with initialize_config_dir(config_dir=str(RECIPES_DIR), version_base=None):
+    recipe = _check_recipe_name(recipe, recipes_dir)
+    with initialize_config_dir(config_dir=str(find_recipes_dir(recipes_dir)), version_base=None):
         return compose(config_name=recipe, overrides=[o for o in overrides if not o.startswith("hydra.")])
 
 
@@ -179,9 +209,6 @@ def check_recipe(cfg) -> None:
 
     Starts no worker and loads no model. Raises ``ValueError`` listing every problem found.
     """
-    import contextlib
-    import io
-
     from verl.trainer.ppo.utils import need_critic, need_reference_policy
     from verl.utils.config import validate_config
 
@@ -255,12 +282,14 @@ def _next_metrics_file(run_dir: Path) -> Path:
     return run_dir / f"metrics-{number:03d}.jsonl"
 
 
-def _latest_step(checkpoints: Path) -> Optional[int]:
-    marker = checkpoints / "latest_checkpointed_iteration.txt"
-    try:
-        return int(marker.read_text().strip())
-    except (OSError, ValueError):
+def _latest_checkpoint(checkpoints: Path) -> Optional[str]:
+    """The checkpoint veRL's ``resume_mode=auto`` resumes from (veRL's own lookup), or None."""
+    from verl.utils.checkpoint.checkpoint_manager import find_latest_ckpt_path, get_checkpoint_tracker_filename
+
+    if not Path(get_checkpoint_tracker_filename(str(checkpoints))).exists():
         return None
+    with contextlib.redirect_stdout(io.StringIO()):  # it prints what it found
+        return find_latest_ckpt_path(str(checkpoints))
 
 
 def plan_run(
@@ -277,9 +306,11 @@ def plan_run(
     resume_from: Optional[str] = None,
     no_resume: bool = False,
     check: bool = True,
+    recipes_dir: str | Path | None = None,
 ) -> Plan:
     """Compose and check the recipe, then build the commands ``run`` executes (nothing is run here)."""
-    recipe = _check_recipe_name(recipe)
+    recipes_dir = find_recipes_dir(recipes_dir)
+    recipe = _check_recipe_name(recipe, recipes_dir)
     user = list(overrides)
     reserved = [o for o in user if o.split("=", 1)[0].lstrip("+~") in _LAUNCHER_KEYS]
     if reserved:
@@ -287,7 +318,7 @@ def plan_run(
     base = [f"recipe.data_root={Path(data_root).expanduser().resolve()}", *user]
     if resume_from and no_resume:
         raise ValueError("--resume-from and --no-resume exclude each other")
-    cfg = compose_recipe(recipe, base)
+    cfg = compose_recipe(recipe, base, recipes_dir)
     notes: list[str] = []
 
     experiment = name or _get(cfg, "trainer.experiment_name")
@@ -309,8 +340,6 @@ def plan_run(
     sft_command = sft_dir = base_model = None
     model_override: list[str] = []
     if sft:
-        from verl_espo import stages
-
         sft_config = _get(cfg, "recipe.sft_config")
         sft_files = _files(cfg, "recipe.sft_files")
         if not sft_config or not sft_files:
@@ -332,9 +361,9 @@ def plan_run(
 
     if check:
         check_recipe(cfg)  # the launcher's own overrides change names and paths only
-    step = _latest_step(run_dir / "checkpoints")
-    if step is not None and not (resume_from or no_resume):
-        notes.append(f"resuming from {run_dir / 'checkpoints' / f'global_step_{step}'} (veRL resume_mode=auto)")
+    latest = _latest_checkpoint(run_dir / "checkpoints")
+    if latest is not None and not (resume_from or no_resume):
+        notes.append(f"resuming from {latest} (veRL resume_mode=auto)")
 
     metrics = _next_metrics_file(run_dir)
     launcher += [
@@ -343,12 +372,10 @@ def plan_run(
     ]
     command = [
         sys.executable, "-m", "verl.trainer.main_ppo",
-        f"--config-path={RECIPES_DIR}", f"--config-name={recipe}",
+        f"--config-path={recipes_dir}", f"--config-name={recipe}",
         *base, *model_override, *launcher,
     ]  # fmt: skip
-    env = {**PLUGIN_ENV, "VERL_FILE_LOGGER_PATH": str(metrics), "HYDRA_FULL_ERROR": "1", "PYTHONUNBUFFERED": "1"}
-    if _get(cfg, "trainer.device") == "cpu":
-        env["VERL_PLATFORM"] = "cpu"  # the plugin's CPU platform (verl_espo/platform/cpu.py)
+    env = runner.trainer_vars(metrics, cpu=_get(cfg, "trainer.device") == "cpu", extra=PLUGIN_ENV)
     world = int(_get(cfg, "trainer.nnodes")) * int(_get(cfg, "trainer.n_gpus_per_node"))
     return Plan(recipe, run_dir, command, env, world, sft_command, sft_dir, base_model, notes)
 
@@ -356,14 +383,12 @@ def plan_run(
 # ----------------------------------------------------------------------------- running
 def _show(command: Sequence[str], env: Mapping[str, str], label: str) -> None:
     prefix = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
-    print(f"[launch] {label}:\n  {(prefix + ' ') if prefix else ''}{shlex.join(command)}", flush=True)
+    print(f"{PREFIX} {label}:\n  {(prefix + ' ') if prefix else ''}{shlex.join(command)}", flush=True)
 
 
 def _execute(command: Sequence[str], env: Mapping[str, str], timeout_s: Optional[float] = None) -> int:
-    """Run ``command`` with ``env`` added to this environment (:func:`verl_espo.runner.run`): past ``timeout_s`` its
-    whole process group (the trainer's Ray processes included) is stopped and the exit code is 124."""
-    from verl_espo import runner
-
+    """:func:`verl_espo.runner.run` with ``env`` added to this environment: past ``timeout_s`` the command's process
+    group (the trainer's Ray processes included) is stopped and the exit code is 124."""
     return runner.run(command, {**os.environ, **env}, timeout_s=timeout_s)[0]
 
 
@@ -380,7 +405,7 @@ def _wait_for_gpus(address: str, needed: int, timeout_s: float) -> float:
             gpus = float(ray.cluster_resources().get("GPU", 0))
             if gpus >= needed or time.time() > deadline:
                 return gpus
-            print(f"[launch] the Ray cluster has {gpus:g} of {needed} GPUs; waiting for workers", flush=True)
+            print(f"{PREFIX} the Ray cluster has {gpus:g} of {needed} GPUs; waiting for workers", flush=True)
             time.sleep(10)
     finally:
         ray.shutdown()
@@ -397,10 +422,10 @@ def run(
 ) -> int:
     """Print the plan, then (unless ``dry_run``) run stage 1 if planned and the trainer (``timeout_s``: each)."""
     for note in plan.notes:
-        print(f"[launch] {note}")
-    print(f"[launch] run directory: {plan.run_dir}")
+        print(f"{PREFIX} {note}")
+    print(f"{PREFIX} run directory: {plan.run_dir}")
     if plan.sft_command is not None:
-        _show(plan.sft_command, PLUGIN_ENV, "stage 1 (SFT warm-up, verl_espo.stages)")
+        _show(plan.sft_command, runner.trainer_vars(extra=PLUGIN_ENV), "stage 1 (SFT warm-up, verl_espo.stages)")
     _show(plan.command, plan.env, "trainer")
     if dry_run:
         return 0
@@ -408,8 +433,8 @@ def run(
         gpus = _wait_for_gpus(ray_address, plan.world, wait_s)
         if gpus < plan.world:
             print(
-                f"[launch] the Ray cluster at {ray_address} has {gpus:g} GPUs, the recipe needs {plan.world}: "
-                "start the workers (recipes/launch.py ray-worker) or raise --wait"
+                f"{PREFIX} the Ray cluster at {ray_address} has {gpus:g} GPUs, the recipe needs {plan.world}: "
+                "start the workers (python -m verl_espo.recipes ray-worker) or raise --wait"
             )
             return 2
 
@@ -426,12 +451,10 @@ def run(
 
     if plan.sft_dir is None:
         return _execute(trainer_command(), plan.env, timeout_s)
-    from verl_espo import stages
-
     sft_dir = plan.sft_dir
     return stages.run_chain(
         plan.sft_command, sft_dir, trainer_command, base_model=plan.base_model, sft_step=sft_step,
-        env=PLUGIN_ENV, rl_env=plan.env, timeout_s=timeout_s, prefix="[launch]",
+        env=PLUGIN_ENV, rl_env=plan.env, timeout_s=timeout_s, prefix=PREFIX,
         on_sft_done=lambda: (sft_dir / SFT_DONE).write_text("stage 1 finished\n"),
     )  # fmt: skip
 
@@ -455,7 +478,7 @@ def check_first_run(plan: Plan, profile: str) -> int:
 
     metrics = Path(plan.env["VERL_FILE_LOGGER_PATH"])
     checks = check_steps(read_steps(metrics), PROFILES[profile])
-    print(f"[launch] first-run check of {metrics} ({profile} bounds):")
+    print(f"{PREFIX} first-run check of {metrics} ({profile} bounds):")
     print(format_checks(checks))
     return 0 if all(c.ok for c in checks) else 1
 
@@ -488,16 +511,19 @@ def _split_overrides(parser: argparse.ArgumentParser, extra: Sequence[str]) -> l
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python recipes/launch.py",
+        prog="python -m verl_espo.recipes",
         description=__doc__.split("\n\n")[0],
         epilog="\n\n".join(__doc__.split("\n\n")[1:]),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("list", help="the launchable recipes")
+    recipes = argparse.ArgumentParser(add_help=False)
+    where = f"the recipes folder (default ${RECIPES_ENV}, else recipes/ of the source checkout)"
+    recipes.add_argument("--recipes-dir", default=None, help=where)
+    sub.add_parser("list", help="the launchable recipes", parents=[recipes])
 
     def recipe_parser(name: str, help: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help)
+        p = sub.add_parser(name, help=help, parents=[recipes])
         p.add_argument("recipe", help="e.g. espo/qwen3_1.7b_base (see `list`)")
         p.add_argument("--data-root", default=os.environ.get(DATA_ROOT_ENV, "~/data"),
                        help=f"root of the prepared data (default ${DATA_ROOT_ENV} or ~/data)")  # fmt: skip
@@ -536,32 +562,35 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         p.add_argument("--dry-run", action="store_true", help="print, run nothing")
 
     args, extra = parser.parse_known_args(argv)
-    if args.command == "list":
-        print("\n".join(recipe_names()))
-        return 0
     if args.command in ("ray-head", "ray-worker"):
         if extra:
             parser.error(f"unrecognized arguments {extra}")
         return _ray_start(args, head=args.command == "ray-head")
     overrides = _split_overrides(parser, extra)
-    data_root = str(Path(args.data_root).expanduser().resolve())
     try:
+        if args.command == "list":
+            if overrides:
+                parser.error(f"unrecognized arguments {overrides}")
+            print("\n".join(recipe_names(args.recipes_dir)))
+            return 0
+        data_root = str(Path(args.data_root).expanduser().resolve())
+        composed = [f"recipe.data_root={data_root}", *overrides]
         if args.command == "data":
-            command = data_command(compose_recipe(args.recipe, [f"recipe.data_root={data_root}", *overrides]))
+            command = data_command(compose_recipe(args.recipe, composed, args.recipes_dir))
             _show(command, {}, "data preparation (downloads from the Hugging Face Hub)")
             return 0 if args.dry_run else _execute(command, {})
         if args.command == "show":
             from omegaconf import OmegaConf
 
-            cfg = compose_recipe(args.recipe, [f"recipe.data_root={data_root}", *overrides])
+            cfg = compose_recipe(args.recipe, composed, args.recipes_dir)
             node = OmegaConf.select(cfg, args.key) if args.key else cfg
             print(OmegaConf.to_yaml(node, resolve=True) if OmegaConf.is_config(node) else node)
             check_recipe(cfg)
-            print("[launch] checks passed: veRL validate_config, verl_espo check_trainer_config, scale")
+            print(f"{PREFIX} checks passed: veRL validate_config, verl_espo check_trainer_config, scale")
             return 0
         common = dict(
             data_root=data_root, out=args.out, name=args.name, ray_address=args.ray_address, sft=args.sft,
-            sft_step=args.sft_step, sft_overrides=args.sft_override,
+            sft_step=args.sft_step, sft_overrides=args.sft_override, recipes_dir=args.recipes_dir,
         )  # fmt: skip
         if args.first_run_check:
             if args.resume_from:
@@ -573,7 +602,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 check=not args.no_check,
             )  # fmt: skip
     except ValueError as error:
-        print(f"[launch] {error}", file=sys.stderr)
+        print(f"{PREFIX} {error}", file=sys.stderr)
         return 2
     rc = run(plan, dry_run=args.dry_run, sft_step=args.sft_step, ray_address=args.ray_address, wait_s=args.wait)
     if args.first_run_check and not args.dry_run and rc == 0:
