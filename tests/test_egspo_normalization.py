@@ -32,8 +32,14 @@ from test_egspo_loss import (
 from verl.utils.config import omega_conf_to_dataclass
 
 from verl_espo.config import EGSPOConfig
-from verl_espo.loss_inputs import MissingLossInputError
-from verl_espo.losses.egspo import needs_gate_weight_mean, step_gate_weight_mean
+from verl_espo.core.egspo import step_gate_weight_mean
+from verl_espo.loss_inputs import MissingLossInputError, step_statistics
+
+
+def needs_gate_weight_mean(policy_loss) -> bool:
+    """Whether the trainer computes the step's mean gate weight for ``policy_loss`` (its loss's step statistics)."""
+    return [statistic.name for statistic in step_statistics(policy_loss)] == ["gate_weight_mean"]
+
 
 SPLIT_LENGTHS = [0, 1, T, 5, 3, T - 1, 0, 1, 7, T, 4, 9]
 SPLIT_EXPERT = [False, False, False, True, True, True, False, True, False, True, False, True]
@@ -231,14 +237,12 @@ def test_yaml_dataclass_trainer_and_docs_agree():
 
 @pytest.mark.parametrize("gate", ["batch", "sequence"])
 def test_the_trainer_computes_the_step_mean_from_its_nested_batch(gate):
-    """``PluginTrainerMixin._gate_weight_mean`` on the step's fields in the nested layout the trainer reads them in
-    (expert rows left out, a zero in a response mask), against the reference's own weights."""
-    from types import SimpleNamespace
-
+    """The trainer's step statistics (``compute_step_statistics``) on the step's fields in the nested layout the
+    trainer reads them in (expert rows left out, a zero in a response mask), against the reference's own weights."""
     from omegaconf import OmegaConf
     from verl.utils import tensordict_utils as tu
 
-    from verl_espo.trainer.sync import PluginTrainerMixin
+    from verl_espo.trainer.sync import compute_step_statistics
 
     batch = make_batch(seed=23, lengths=SPLIT_LENGTHS, scale=1.0)
     # the trainer holds float32 fields: round once, so that both sides (and the batch threshold) see the same values
@@ -254,9 +258,8 @@ def test_the_trainer_computes_the_step_mean_from_its_nested_batch(gate):
     data = tu.list_of_dict_to_tensordict(rows)
     egspo, gate_kw, gate_ref = gate_inputs(gate, {**batch, "response_mask": mask}, expert)
     block = {"_target_": "verl_espo.config.EGSPOConfig", **egspo, "rl_normalization": "gate_weight"}
-    trainer = SimpleNamespace(
-        config=OmegaConf.create({"actor_rollout_ref": {"actor": {"policy_loss": {"egspo": block}}}})
-    )
-    got = PluginTrainerMixin._gate_weight_mean(trainer, data, expert, gate_kw.get("entropy_threshold"))
+    policy_loss = OmegaConf.create({"_target_": "verl_espo.config.PluginPolicyLossConfig", "loss_mode": "egspo",
+                                    "egspo": block})  # fmt: skip
+    (got,) = compute_step_statistics(policy_loss, data, expert, gate_kw.get("entropy_threshold")).values()
     w_sum, n = reference_weight_stats({**batch, "response_mask": mask}, gate_ref, expert)
     assert got == pytest.approx(w_sum / n, rel=1e-12)

@@ -3,8 +3,10 @@
 The inputs of each case come from the loss's spec, the way the plugin's trainer and actor loss derive them: the old
 entropy when it asks for it, the step threshold over the rollout tokens when its key is on, expert rows with ``mu``
 and the step's counts when it trains on them; every input reaches the loss through the actor loss's channel
-(``policy_loss_extras``), as in veRL's ``ppo_loss``. A fourth loss defined here (math, registration and spec,
-nothing else) runs through the same contract and through the plugin's Hydra config, trainer checks and actor loss.
+(``policy_loss_extras``), as in veRL's ``ppo_loss``; the step statistics a spec switches on are computed by the
+trainer's own function. A fourth loss defined here (math, registration and spec with a step statistic, nothing
+else) runs through the same contract and through the plugin's Hydra config, trainer checks, trainer step statistics
+and actor loss.
 Per-loss reference values stay in the per-loss test files.
 """
 
@@ -19,8 +21,10 @@ import verl  # noqa: F401  (loads the plugin through the entry point)
 from conftest import random_batch
 from hydra import compose, initialize_config_module
 from omegaconf import open_dict
+from tensordict import TensorDict
 from test_actor_loss import micro_batch
 from verl.trainer.ppo.core_algos import agg_loss, get_policy_loss_fn, register_policy_loss
+from verl.utils import tensordict_utils as tu
 from verl.utils.config import omega_conf_to_dataclass
 from verl.workers.config import ActorConfig, FSDPActorConfig
 
@@ -32,25 +36,38 @@ from verl_espo.loss_inputs import (
     LossPlot,
     LossSpec,
     MissingLossInputError,
+    StepStatistic,
     loss_input,
     loss_spec,
     loss_specs,
     policy_loss_extras,
     register_loss_spec,
+    step_statistics,
     step_threshold_ratio,
 )
 from verl_espo.trainer.checks import check_trainer_config
+from verl_espo.trainer.sync import compute_step_statistics
 from verl_espo.workers.actor_loss import entropy_aware_ppo_loss, make_actor_loss_fn
 
 # ---------------------------------------------------------------- a fourth loss: math, registration, spec
 
 FOURTH = "entropy_weighted_pg"
+
+
+def step_entropy_mean(policy_loss, tensors, rollout_mask, entropy_threshold) -> float:
+    """The step's mean old entropy over its rollout tokens, in float64."""
+    entropy = tensors["entropy"].double()
+    return float(torch.where(rollout_mask, entropy, 0.0).sum() / rollout_mask.sum().clamp(min=1))
+
+
 FOURTH_SPEC = register_loss_spec(
     LossSpec(
         name=FOURTH,
         label="Entropy-weighted PG",
         old_entropy=True,
-        plots=(LossPlot("entropy_weight", "Token weight", "1 / (1 + H)", f"actor/{FOURTH}/weight_mean"),),
+        step_statistics=(StepStatistic("entropy_mean", step_entropy_mean, fields=("entropy",)),),
+        plots=(LossPlot("entropy_weight", "Token weight", "(1 + Hbar)/(1 + Hbar + H)", f"actor/{FOURTH}/weight_mean"),),
+        columns=(("weight", f"actor/{FOURTH}/weight_mean"),),
     )
 )
 
@@ -66,18 +83,22 @@ def compute_policy_loss_entropy_weighted_pg(
     rollout_is_weights: torch.Tensor | None = None,
     *,
     old_entropy: torch.Tensor | None = None,
+    entropy_mean: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, Any]]:
-    """``l_t = -A_t r_t / (1 + H_t)``: the token policy gradient, damped where the old policy was uncertain."""
-    old_entropy = loss_input("old_entropy", old_entropy)
+    """``l_t = -A_t r_t (1 + Hbar) / (1 + Hbar + H_t)``: the token policy gradient, damped where the old policy was
+    more uncertain than on average over the step (``Hbar``, the spec's step statistic ``entropy_mean``)."""
+    old_entropy, entropy_mean = loss_input("old_entropy", old_entropy), loss_input("entropy_mean", entropy_mean)
     if old_entropy is None:
         raise MissingLossInputError(f"the {FOURTH} loss needs the old policy's entropy, `old_entropy`")
+    if entropy_mean is None:
+        raise MissingLossInputError(f"the {FOURTH} loss needs the step's mean old entropy, `entropy_mean`")
     mask = response_mask.bool()
     lp, old_lp, adv, entropy = masked(mask, log_prob, old_log_prob, advantages, old_entropy)
-    weight = 1.0 / (1.0 + entropy.clamp(min=0.0))
+    weight = (1.0 + entropy_mean) / (1.0 + entropy_mean + entropy.clamp(min=0.0))
     token_losses = -adv * torch.exp(lp - old_lp) * weight
     loss = agg_loss(token_losses, mask, loss_agg_mode, **config.global_batch_info)
     metrics = {f"actor/{FOURTH}/weight_mean": share(torch.where(mask, weight, 0.0).sum(), torch.count_nonzero(mask))}
-    return loss, to_floats(metrics)
+    return loss, {**to_floats(metrics), f"actor/{FOURTH}/entropy_mean": float(entropy_mean)}
 
 
 # ---------------------------------------------------------------- cases derived from the specs
@@ -156,6 +177,13 @@ def step_inputs(config: FSDPActorConfig, batch: dict, hybrid: bool) -> dict:
     rho = step_threshold_ratio(config.policy_loss)
     if rho is not None:  # over the step's rollout tokens, as the trainer computes it
         extras["entropy_threshold"] = batch_entropy_threshold(batch["old_entropy"], mask & ~expert[:, None], rho)
+    step = TensorDict(
+        {"response_mask": mask, "entropy": batch["old_entropy"], "old_log_probs": batch["old_log_prob"]},
+        batch_size=mask.shape[0],
+    )  # the step's fields under veRL's names, as the trainer reads them
+    threshold = extras.get("entropy_threshold")
+    for statistic, value in compute_step_statistics(config.policy_loss, step, expert, threshold).items():
+        extras[statistic.name] = value
     if hybrid:
         extras.update(expert_mask=expert, mu=0.3, hybrid_counts=hybrid_counts(mask.sum(-1), expert))
     return extras
@@ -201,8 +229,13 @@ def test_registered_and_declared_consistently(name):
     if spec.step_threshold is not None:
         block = blocks[spec.step_threshold.block]
         assert spec.step_threshold.key in block and spec.step_threshold.ratio_key in block
+    for statistic in spec.step_statistics:
+        assert not statistic.block or statistic.key in blocks[statistic.block]
+        assert set(statistic.fields) <= {"entropy", "old_log_probs"}, "fields the contract's step batch holds"
     for plot in spec.plots:
         assert plot.key.startswith("actor/") and plot.file and plot.panel
+    for label, key in spec.columns:
+        assert label and " " not in label and key.startswith("actor/")
 
 
 @pytest.mark.parametrize(("name", "setting", "hybrid"), CASES)
@@ -295,10 +328,12 @@ def test_a_missing_input_is_named_in_the_error(name, setting, hybrid):
         if key in extras:
             with pytest.raises(MissingLossInputError, match=message):
                 run(config, batch, {k: v for k, v in extras.items() if k != key})
-    if hybrid:  # inside veRL's workers, the step's counts must come from the trainer
-        global_info(config, batch)
-        with pytest.raises(MissingLossInputError, match="hybrid_counts"):
-            run(config, batch, {k: v for k, v in extras.items() if k != "hybrid_counts"})
+    inside_worker = ["hybrid_counts"] if hybrid else []  # inside veRL's workers these must come from the trainer
+    inside_worker += [statistic.name for statistic in step_statistics(config.policy_loss)]
+    global_info(config, batch)
+    for key in inside_worker:
+        with pytest.raises(MissingLossInputError, match=key):
+            run(config, batch, {k: v for k, v in extras.items() if k != key})
 
 
 # ---------------------------------------------------------------- the fourth loss through config, trainer, actor loss
@@ -316,10 +351,20 @@ def test_a_fourth_loss_composes_and_runs_through_the_trainer_checks_and_the_acto
 
     loss_fn = make_actor_loss_fn(cfg.actor_rollout_ref.actor, cfg.actor_rollout_ref.model)
     data, out = micro_batch(seed=6)
+    with pytest.raises(MissingLossInputError, match="entropy_mean"):  # its step statistic comes from the trainer
+        loss_fn(out, data)
+    # the trainer's step statistics over the step's nested fields, handed over as the batch's non-tensor data
+    no_expert = torch.zeros(5, dtype=torch.bool)
+    values = compute_step_statistics(cfg.actor_rollout_ref.actor.policy_loss, data, no_expert, None)
+    assert list(values) == list(FOURTH_SPEC.step_statistics)
+    (value,) = values.values()
+    assert value == pytest.approx(float(data["entropy"].values().double().mean()), rel=1e-12)
+    tu.assign_non_tensor(data, **{FOURTH_SPEC.statistic_key(s): v for s, v in values.items()})
     loss, metrics = loss_fn(out, data)
     loss.backward()
     assert torch.isfinite(out["log_probs"].grad.values()).all()
     assert f"actor/{FOURTH}/weight_mean" in metrics and f"actor/{FOURTH}/old_entropy" in metrics
+    assert metrics[f"actor/{FOURTH}/entropy_mean"].values == [value]  # it reached the loss
 
     data, out = micro_batch(seed=6, with_entropy=False)  # the actor loss hands over what the batch holds
     with pytest.raises(MissingLossInputError, match="old_entropy"):

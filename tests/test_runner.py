@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -115,3 +116,32 @@ def test_sft_then_rl_chain(tmp_path):
     seen.unlink()
     assert run_chain([sys.executable, "-c", "raise SystemExit(7)"], sft_dir, rl, say=print) == 7
     assert not seen.exists()
+
+
+def test_step_line_shows_each_declared_losss_columns():
+    """The per-step line: the general columns, then the columns each loss's spec declares, missing keys skipped."""
+    from verl_espo.loss_inputs import loss_specs
+
+    line = runner.format_step(7, {"critic/score/mean": 0.5, "actor/egspo/high_token_frac": 0.25, "x/y": 1.0})
+    assert line == "step   7  reward=0.5  gate_hi=0.25"
+    labels = [label for label, _ in runner.step_columns()]
+    assert len(labels) == len(set(labels))
+    for spec in loss_specs().values():
+        assert set(spec.columns) <= set(runner.step_columns()), spec.name
+
+
+def test_reading_the_losses_declarations_does_not_import_verl():
+    """The runner's line, the report's curves and the comparison's labels read the loss specs without veRL
+    (importing veRL takes seconds), and importing the runner reads nothing."""
+    code = (
+        "import sys\n"
+        "import verl_espo.runner as runner\n"
+        "assert 'verl_espo.core' not in sys.modules\n"
+        "runner.step_columns()\n"
+        "from verl_espo.report.figures import plot_rows\n"
+        "from verl_espo.compare import label\n"
+        "assert label('espo') == 'ESPO' and label('grpo') == 'GRPO'\n"
+        "assert any(row.key.startswith('actor/egspo/') for row in plot_rows())\n"
+        "assert 'verl' not in sys.modules, sorted(m for m in sys.modules if m.startswith('verl.'))\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, env=runner.trainer_env())

@@ -1,39 +1,45 @@
-"""What the rest of the plugin knows about a policy loss: its :class:`LossSpec`, declared next to its registration.
+"""What the rest of the plugin knows about a policy loss: its :class:`LossSpec`.
 
-A plugin loss registers twice, side by side in its module under :mod:`verl_espo.losses`: the function in veRL's
-policy-loss registry (``@register_policy_loss(name)``) and its :class:`LossSpec` here (:func:`register_loss_spec`).
-The spec says which config blocks the loss reads, which inputs it needs from the plugin's trainer (the old
-policy's entropy, a step-level entropy threshold and the config key that turns it on, expert rows), its metric
-prefix, the metrics summed rather than averaged over micro-batches, and its label and plots in reports. The
-trainer, its start-up checks, the actor loss, the config validation, smoke/compare and the report read the spec
+A plugin loss is declared in its math module under :mod:`verl_espo.core` (:func:`register_loss_spec`), which is
+free of veRL, and registered in veRL's policy-loss registry (``@register_policy_loss(name)``) by its module under
+:mod:`verl_espo.losses`, which reads its settings through the spec. The spec says which config blocks the loss
+reads, which inputs it needs from the plugin's trainer (the old policy's entropy, a step-level entropy threshold and
+the config key that turns it on, other step statistics, expert rows), its metric prefix, the metrics summed rather
+than averaged over micro-batches, its label and plots in reports and its columns on the console. The trainer, its
+start-up checks, the actor loss, the config validation, the runner, smoke/compare and the report read the spec
 through :func:`loss_spec` / :func:`loss_specs`, and hold no table of losses of their own.
 
 This module also holds the channel through which the plugin's actor loss hands those inputs to a policy loss
 (veRL's ``ppo_loss`` calls a registered loss with a fixed set of arguments): the actor loss calls veRL's own
 ``ppo_loss`` inside :func:`policy_loss_extras`, and the loss reads them with :func:`loss_input`.
 
-It imports neither veRL nor the losses at import time, so the trainer and the losses register independently
-(``verl_espo._plugin``); :func:`loss_spec` imports :mod:`verl_espo.losses` on first use.
+It imports neither veRL nor the losses at import time; :func:`loss_spec` imports the modules of
+:mod:`verl_espo.core` on first use, so reading the specs (the runner's console line, the report, the comparison's
+labels) never imports veRL.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
+import pkgutil
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 __all__ = [
     "LossPlot",
     "StepThreshold",
+    "StepStatistic",
     "LossSpec",
     "register_loss_spec",
     "loss_spec",
     "loss_specs",
     "step_threshold_ratio",
+    "step_statistics",
     "MissingLossInputError",
     "missing_old_entropy_message",
     "policy_loss_extras",
@@ -53,6 +59,18 @@ class LossPlot:
     label: str = ""  # the curve's name when a panel has several
 
 
+#: The inputs the plugin's actor loss hands every declared loss (:func:`loss_input`), besides its step statistics.
+_TRAINER_INPUTS = ("old_entropy", "entropy_threshold", "expert_mask", "mu", "hybrid_counts")
+
+
+def _switched_on(policy_loss: Mapping[str, Any], block: str, key: str, value: Any) -> bool:
+    """Whether ``policy_loss.<block>.<key> == value`` (``True`` without a ``block``)."""
+    if not block:
+        return True
+    settings = policy_loss.get(block, None)
+    return settings is not None and settings.get(key, None) == value
+
+
 @dataclass(frozen=True)
 class StepThreshold:
     """A step-level entropy threshold the trainer computes once per step over the rollout tokens, when
@@ -62,6 +80,31 @@ class StepThreshold:
     key: str
     value: str = "batch"
     ratio_key: str = "high_entropy_ratio"
+
+
+#: ``compute(policy_loss, tensors, rollout_mask, entropy_threshold) -> float`` of a :class:`StepStatistic`.
+StepStatisticFn = Callable[[Any, Mapping[str, Any], Any, Optional[float]], float]
+
+
+@dataclass(frozen=True)
+class StepStatistic:
+    """A value the plugin's trainer computes once per step, before the actor update, over the step's rollout tokens,
+    and hands to every micro-batch and rank as the loss input ``name`` (:func:`loss_input`).
+
+    The trainer computes it when ``policy_loss.<block>.<key> == value`` (always when ``block`` is empty) as
+    ``compute(policy_loss, tensors, rollout_mask, entropy_threshold)``: the typed ``policy_loss`` config, the step's
+    batch ``fields`` as padded ``(B, T)`` tensors by name (veRL's names: ``entropy`` is the old policy's entropy,
+    ``old_log_probs``), the ``(B, T)`` bool mask of its rollout tokens (expert rows left out) and the step's entropy
+    threshold (``None`` unless the spec's ``step_threshold`` is on). It travels as the non-tensor batch data
+    :meth:`LossSpec.statistic_key` and is logged as :meth:`LossSpec.statistic_metric`.
+    """
+
+    name: str
+    compute: StepStatisticFn
+    fields: tuple[str, ...] = ()
+    block: str = ""
+    key: str = ""
+    value: Any = None
 
 
 @dataclass(frozen=True)
@@ -75,11 +118,13 @@ class LossSpec:
             :class:`~verl_espo.config.PluginPolicyLossConfig`); empty: it reads veRL's keys only.
         old_entropy: it needs the old policy's per-token entropy (veRL's old-log-prob pass).
         step_threshold: the step-level entropy threshold it may need, and the key that turns it on.
+        step_statistics: other values it needs computed once per step over the whole step (:class:`StepStatistic`).
         expert_rows: it trains on expert-demonstration rows (``data.expert``) mixed into the step.
         metric_prefix: the prefix of its own metrics (``actor/<name>/``); the actor loss logs the old entropy there.
         sum_metrics: metrics normalised like the loss itself, summed over micro-batches and ranks (as veRL sums
             ``actor/pg_loss``) instead of averaged.
         plots: its curves in the report's training figures.
+        columns: its ``(label, metric key)`` columns in the runner's per-step console line.
     """
 
     name: str
@@ -87,33 +132,47 @@ class LossSpec:
     config_blocks: tuple[str, ...] = ()
     old_entropy: bool = False
     step_threshold: Optional[StepThreshold] = None
+    step_statistics: tuple[StepStatistic, ...] = ()
     expert_rows: bool = False
     metric_prefix: str = ""
     sum_metrics: frozenset[str] = frozenset()
     plots: tuple[LossPlot, ...] = field(default=())
+    columns: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         if not self.metric_prefix:
             object.__setattr__(self, "metric_prefix", f"actor/{self.name}/")
         if not self.metric_prefix.endswith("/"):
             raise ValueError(f"LossSpec {self.name!r}: metric_prefix must end with '/', got {self.metric_prefix!r}")
-        if self.step_threshold is not None and self.step_threshold.block not in self.config_blocks:
+        switches = [("step threshold", self.step_threshold)] if self.step_threshold is not None else []
+        switches += [(f"step statistic {stat.name!r}", stat) for stat in self.step_statistics if stat.block]
+        for what, switch in switches:
+            if switch.block not in self.config_blocks:
+                raise ValueError(
+                    f"LossSpec {self.name!r}: the {what}'s block {switch.block!r} is not among its config_blocks "
+                    f"{list(self.config_blocks)}"
+                )
+        names = [stat.name for stat in self.step_statistics]
+        if len(set(names)) != len(names) or set(names) & set(_TRAINER_INPUTS):
             raise ValueError(
-                f"LossSpec {self.name!r}: the step threshold's block {self.step_threshold.block!r} is not among "
-                f"its config_blocks {list(self.config_blocks)}"
+                f"LossSpec {self.name!r}: step statistic names must be unique and none of {list(_TRAINER_INPUTS)}, "
+                f"got {names}"
             )
 
-    @property
-    def needs_plugin_trainer(self) -> bool:
-        """Whether it needs inputs that only the plugin's trainer and actor loss hand over."""
-        return self.old_entropy or self.step_threshold is not None or self.expert_rows
+    def statistic_key(self, statistic: StepStatistic) -> str:
+        """The non-tensor batch key under which the trainer hands ``statistic`` to the actor loss."""
+        return f"{self.name}_{statistic.name}"
+
+    def statistic_metric(self, statistic: StepStatistic) -> str:
+        """The metric under which the trainer logs ``statistic``."""
+        return f"{self.metric_prefix}step_{statistic.name}"
 
 
 _SPECS: dict[str, LossSpec] = {}
 
 
 def register_loss_spec(spec: LossSpec) -> LossSpec:
-    """Declare ``spec`` (next to ``@register_policy_loss(spec.name)``); a second spec under one name is refused."""
+    """Declare ``spec`` (in the loss's math module); a second, different spec under one name is refused."""
     known = _SPECS.get(spec.name)
     if known is not None and known != spec:
         raise ValueError(f"a different LossSpec is already registered for loss_mode={spec.name!r}")
@@ -121,20 +180,24 @@ def register_loss_spec(spec: LossSpec) -> LossSpec:
     return spec
 
 
-def _load_plugin_losses() -> None:
-    importlib.import_module("verl_espo.losses")  # registers the plugin's losses and their specs
+@functools.cache
+def _load_plugin_specs() -> None:
+    """Import every module of :mod:`verl_espo.core`: those of the plugin's losses declare their specs."""
+    core = importlib.import_module("verl_espo.core")
+    for module in pkgutil.iter_modules(core.__path__, prefix=f"{core.__name__}."):
+        importlib.import_module(module.name)
 
 
 def loss_spec(loss_mode: Optional[str]) -> Optional[LossSpec]:
     """The spec of ``loss_mode``, or ``None`` for a loss the plugin does not declare (veRL's own losses)."""
     if loss_mode not in _SPECS:
-        _load_plugin_losses()
+        _load_plugin_specs()
     return _SPECS.get(loss_mode)
 
 
 def loss_specs() -> Mapping[str, LossSpec]:
-    """Every declared loss, by name in alphabetical order (registration order depends on the import chain)."""
-    _load_plugin_losses()
+    """Every declared loss, by name in alphabetical order (declaration order depends on the import chain)."""
+    _load_plugin_specs()
     return MappingProxyType(dict(sorted(_SPECS.items())))
 
 
@@ -143,12 +206,17 @@ def step_threshold_ratio(policy_loss: Mapping[str, Any]) -> Optional[float]:
     switched on in ``policy_loss``), or ``None`` if it needs none."""
     spec = loss_spec(policy_loss.get("loss_mode", "vanilla"))
     wanted = spec.step_threshold if spec is not None else None
-    if wanted is None:
+    if wanted is None or not _switched_on(policy_loss, wanted.block, wanted.key, wanted.value):
         return None
-    block = policy_loss.get(wanted.block, None)
-    if block is None or block.get(wanted.key, None) != wanted.value:
-        return None
-    return float(block.get(wanted.ratio_key))
+    return float(policy_loss.get(wanted.block).get(wanted.ratio_key))
+
+
+def step_statistics(policy_loss: Mapping[str, Any]) -> tuple[StepStatistic, ...]:
+    """The step statistics of the configured loss that ``policy_loss`` switches on (empty for an undeclared loss)."""
+    spec = loss_spec(policy_loss.get("loss_mode", "vanilla"))
+    if spec is None:
+        return ()
+    return tuple(s for s in spec.step_statistics if _switched_on(policy_loss, s.block, s.key, s.value))
 
 
 # ----------------------------------------------------------------------------- errors

@@ -11,6 +11,7 @@ interrupt ends Ray's processes with it. veRL's ``file`` logger is read by
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import signal
 import subprocess
@@ -23,7 +24,9 @@ from typing import Any, Callable, Optional
 from verl_espo.report.runs import merge_by_step, read_file_logger
 
 __all__ = [
-    "STEP_COLUMNS",
+    "STEP_COLUMNS_HEAD",
+    "STEP_COLUMNS_TAIL",
+    "step_columns",
     "TIMEOUT_RETURNCODE",
     "trainer_vars",
     "trainer_env",
@@ -44,28 +47,30 @@ TIMEOUT_RETURNCODE = 124
 #: Seconds a stopped process group gets between SIGTERM and SIGKILL.
 STOP_GRACE_S = 20.0
 
-# What the per-step line shows: (label, metric key) -- missing keys are skipped.
-STEP_COLUMNS = (
+# What the per-step line shows, (label, metric key), missing keys skipped: these, each declared loss's `columns`
+# (its LossSpec), then the tail.
+STEP_COLUMNS_HEAD = (
     ("reward", "critic/score/mean"),
     ("entropy", "actor/entropy"),
     ("pg_loss", "actor/pg_loss"),
     ("grad_norm", "actor/grad_norm"),
     ("clipfrac", "actor/pg_clipfrac"),
-    ("hi_clip+", "actor/espo/high/clipfrac_upper"),
-    ("hi_clip-", "actor/espo/high/clipfrac_lower"),
-    ("lo_clip+", "actor/espo/low/clipfrac_upper"),
-    ("lo_clip-", "actor/espo/low/clipfrac_lower"),
-    ("tok_clip+", "actor/espo/token/clipfrac_upper"),
-    ("tok_clip-", "actor/espo/token/clipfrac_lower"),
-    ("gate_hi", "actor/egspo/high_token_frac"),
-    ("phi_lo", "actor/egspo/phi_mean_low"),
-    ("mu", "actor/hybrid/mu"),
-    ("rl_loss", "actor/hybrid/rl_loss"),
-    ("sft_loss", "actor/hybrid/sft_loss"),
+)
+STEP_COLUMNS_TAIL = (
     ("resp_len", "response_length/mean"),
     ("rollout_vs_actor_dp", "training/rollout_probs_diff_max"),
     ("step_s", "timing_s/step"),
 )
+
+
+@functools.cache
+def step_columns() -> tuple[tuple[str, str], ...]:
+    """The per-step line's columns: the head, the declared losses' columns (each metric once), the tail. Built on
+    the first step line, so importing this module stays cheap (reading the specs imports torch, not veRL)."""
+    from verl_espo.loss_inputs import loss_specs
+
+    losses = dict.fromkeys(column for spec in loss_specs().values() for column in spec.columns)
+    return (*STEP_COLUMNS_HEAD, *losses, *STEP_COLUMNS_TAIL)
 
 
 def trainer_vars(
@@ -224,7 +229,7 @@ def fmt_value(value: Any) -> str:
 def format_step(step: int, data: dict[str, Any]) -> str:
     """One readable line per logged step (plus the validation scores when the step has them)."""
     parts = [f"step {step:>3}"]
-    parts += [f"{label}={fmt_value(data[key])}" for label, key in STEP_COLUMNS if key in data]
+    parts += [f"{label}={fmt_value(data[key])}" for label, key in step_columns() if key in data]
     parts += [f"{k}={fmt_value(v)}" for k, v in data.items() if k.startswith("val-core/")]
     return "  ".join(parts)
 

@@ -4,6 +4,9 @@ step's per-type counts.
 CHORD mixes an SFT loss on expert demonstrations into RL, ``L = (1 - mu) L_RL + mu L_SFT`` (Eq. 3), with
 ``L_SFT`` the token-mean NLL (Eq. 1) or SFT-phi, each token weighted by ``sg(phi(p))``, ``phi(p) = p(1 - p)``
 (Eqs. 5-6). The schedule is the one of Trinity-RFT's ``mix_chord`` (linear warm-up, cosine decay, constant).
+
+:data:`CHORD_SPEC` declares the ``chord`` loss (:mod:`verl_espo.losses.chord`) to the rest of the plugin; the
+``HYBRID_*`` declarations are shared with every loss that mixes in expert rows (:mod:`verl_espo.losses.hybrid`).
 """
 
 from __future__ import annotations
@@ -13,8 +16,43 @@ import math
 import torch
 
 from verl_espo.core.common import compute_dtype
+from verl_espo.loss_inputs import LossPlot, LossSpec, register_loss_spec
 
-__all__ = ["HYBRID_COUNT_KEYS", "phi", "mu_schedule", "sft_token_losses", "hybrid_counts"]
+__all__ = [
+    "CHORD_SPEC",
+    "HYBRID_SUM_METRICS",
+    "HYBRID_PLOTS",
+    "HYBRID_COLUMNS",
+    "HYBRID_COUNT_KEYS",
+    "phi",
+    "mu_schedule",
+    "sft_token_losses",
+    "hybrid_counts",
+]
+
+#: The two parts of a loss with expert rows, normalised like the loss: summed over micro-batches and ranks.
+HYBRID_SUM_METRICS = frozenset({"actor/hybrid/rl_loss", "actor/hybrid/sft_loss"})
+
+# fmt: off
+HYBRID_PLOTS = (
+    LossPlot("chord_mu",   "CHORD SFT weight mu", "mu (weight of the SFT loss)", "actor/hybrid/mu"),
+    LossPlot("chord_loss", "CHORD loss parts",    "loss (per token)",            "actor/hybrid/rl_loss",  "RL part"),
+    LossPlot("chord_loss", "CHORD loss parts",    "loss (per token)",            "actor/hybrid/sft_loss", "SFT part"),
+)
+HYBRID_COLUMNS = (("mu", "actor/hybrid/mu"), ("rl_loss", "actor/hybrid/rl_loss"), ("sft_loss", "actor/hybrid/sft_loss"))
+# fmt: on
+
+CHORD_SPEC = register_loss_spec(
+    LossSpec(
+        name="chord",
+        label="CHORD-phi",
+        config_blocks=("hybrid",),
+        expert_rows=True,
+        sum_metrics=HYBRID_SUM_METRICS,
+        plots=HYBRID_PLOTS,
+        columns=HYBRID_COLUMNS,
+    )
+)
 
 #: The step-level counts that normalise hybrid training: tokens and rows of each type.
 HYBRID_COUNT_KEYS = ("rollout_tokens", "rollout_rows", "expert_tokens", "expert_rows")

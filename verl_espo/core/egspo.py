@@ -8,21 +8,54 @@ Only the abstract of EGSPO is public; the reading implemented here is reconstruc
   :func:`verl_espo.core.chord.phi`), ``p_t`` the probability of the sampled token, detached;
 * token loss: ``w_t`` times veRL's ``vanilla`` PPO token loss (clip and dual clip). The advantage keeps its
   sign in both branches (``w_t >= 0``), as the abstract requires.
+
+:data:`EGSPO_SPEC` declares the ``egspo`` loss (:mod:`verl_espo.losses.egspo`) to the rest of the plugin, with
+its step statistic: the step's mean gate weight for ``egspo.rl_normalization=gate_weight``
+(:func:`step_gate_weight_mean`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any, Optional
 
 import torch
 
-from verl_espo.core.chord import phi
+from verl_espo.core.chord import HYBRID_COLUMNS, HYBRID_PLOTS, HYBRID_SUM_METRICS, phi
 from verl_espo.core.common import PPOTokenTerms, compute_dtype, masked, masked_ppo_token_terms, ppo_metrics, share
+from verl_espo.core.entropy import sequence_high_entropy_mask, threshold_high_entropy_mask
+from verl_espo.loss_inputs import LossPlot, LossSpec, StepStatistic, StepThreshold, register_loss_spec
 
-__all__ = ["PHI_SOURCES", "gate_weights", "EGSPOTerms", "egspo_token_terms", "egspo_metrics"]
+__all__ = [
+    "EGSPO_SPEC",
+    "PHI_SOURCES",
+    "gate_high_mask",
+    "gate_weights",
+    "step_gate_weight_mean",
+    "EGSPOTerms",
+    "egspo_token_terms",
+    "egspo_metrics",
+]
 
 #: Which policy's probability ``p_t`` enters ``phi``: the old one, or the current one (detached).
 PHI_SOURCES = ("old", "current")
+
+
+def gate_high_mask(
+    gate: str,
+    old_entropy: torch.Tensor,
+    rollout_mask: torch.Tensor,
+    high_entropy_ratio: float,
+    threshold: Optional[float],
+) -> torch.Tensor:
+    """The gate's high-entropy set of the rollout tokens: ``sequence``: each response's top ``ceil(rho L)``
+    entropies and their ties; ``batch`` / ``threshold``: ``H >= threshold`` (the step's, or the fixed one)."""
+    if gate == "sequence":
+        return sequence_high_entropy_mask(old_entropy, rollout_mask, high_entropy_ratio)
+    if threshold is None:
+        raise ValueError(f"egspo gate={gate!r} needs an entropy threshold")
+    return threshold_high_entropy_mask(old_entropy, rollout_mask, float(threshold))
 
 
 def gate_weights(high_mask: torch.Tensor, log_prob_for_phi: torch.Tensor, phi_scale: float = 1.0) -> torch.Tensor:
@@ -113,3 +146,66 @@ def egspo_metrics(terms: EGSPOTerms, prefix: str = "actor/egspo/") -> dict[str, 
             for side, tokens in sides.items():
                 named[f"{prefix}{side}/{name}"] = share(torch.count_nonzero(tokens & flag), n[side])
         return {**named, **ppo_metrics(ppo, mask)}
+
+
+def step_gate_weight_mean(
+    params: Any,
+    old_entropy: torch.Tensor,
+    old_log_prob: torch.Tensor,
+    rollout_mask: torch.Tensor,
+    entropy_threshold: Optional[float] = None,
+) -> float:
+    """Mean gate weight ``sum w_t / N`` over the ``N`` rollout tokens of a step (``egspo.rl_normalization=
+    gate_weight``), in float64.
+
+    ``w_t`` is :func:`gate_weights` on the old policy (``phi_source=old``) under the gate of ``params`` (the
+    ``egspo`` block); ``entropy_threshold`` is the step's threshold of ``gate=batch``. The trainer computes it once
+    per step on the step's padded ``(B, T)`` tensors (:data:`EGSPO_SPEC`'s step statistic).
+    """
+    mask = rollout_mask.bool()
+    threshold = params.threshold if params.gate == "threshold" else entropy_threshold
+    high = gate_high_mask(params.gate, old_entropy, mask, params.high_entropy_ratio, threshold)
+    weights = gate_weights(high, old_log_prob.double(), float(params.phi_scale))
+    return float(torch.where(mask, weights, 0.0).sum() / mask.sum().clamp(min=1))
+
+
+def _step_gate_weight_mean(
+    policy_loss: Any, tensors: Mapping[str, torch.Tensor], rollout_mask: torch.Tensor, threshold: Optional[float]
+) -> float:
+    """:func:`step_gate_weight_mean` as the spec's step statistic (:class:`~verl_espo.loss_inputs.StepStatistic`)."""
+    params = policy_loss.egspo
+    return step_gate_weight_mean(params, tensors["entropy"], tensors["old_log_probs"], rollout_mask, threshold)
+
+
+EGSPO_SPEC = register_loss_spec(
+    LossSpec(
+        name="egspo",
+        label="EGSPO",
+        config_blocks=("egspo", "hybrid"),
+        old_entropy=True,
+        step_threshold=StepThreshold(block="egspo", key="gate"),
+        step_statistics=(
+            StepStatistic(
+                "gate_weight_mean",
+                _step_gate_weight_mean,
+                fields=("entropy", "old_log_probs"),
+                block="egspo",
+                key="rl_normalization",
+                value="gate_weight",
+            ),
+        ),
+        expert_rows=True,
+        sum_metrics=HYBRID_SUM_METRICS,
+        plots=(
+            LossPlot("egspo_gate", "EGSPO gate: full-PPO tokens", "fraction of tokens", "actor/egspo/high_token_frac"),
+            LossPlot(
+                "egspo_gate",
+                "EGSPO mean phi, low-entropy tokens",
+                "weight phi_scale * p(1-p)",
+                "actor/egspo/phi_mean_low",
+            ),  # fmt: skip
+            *HYBRID_PLOTS,
+        ),
+        columns=(("gate_hi", "actor/egspo/high_token_frac"), ("phi_lo", "actor/egspo/phi_mean_low"), *HYBRID_COLUMNS),
+    )
+)

@@ -17,6 +17,8 @@ Reading of the paper (see ``docs/espo.md`` for the full discussion):
 * Eq. 8, clip: ``eps_g = alpha * mean_{t in g}(H_t) / ln|V|`` per (row, group), or a fixed range.
 * Eq. 5, aggregation: a row's loss is ``sum_g (1/K) (1/n_g) sum_{t in g} l_t`` with
   ``l_t = max(-A_t s_t, -A_t clip(s_t, 1 - eps, 1 + eps))``.
+
+:data:`ESPO_SPEC` declares the ``espo`` loss (:mod:`verl_espo.losses.espo`) to the rest of the plugin.
 """
 
 from __future__ import annotations
@@ -28,8 +30,10 @@ from typing import Optional
 import torch
 
 from verl_espo.core.common import compute_dtype, to_floats
+from verl_espo.loss_inputs import LossPlot, LossSpec, StepThreshold, register_loss_spec
 
 __all__ = [
+    "ESPO_SPEC",
     "LOG_RATIO_CLAMP",
     "GROUP_NAMES",
     "TOKEN_GROUP_NAMES",
@@ -38,6 +42,42 @@ __all__ = [
     "espo_token_grouping_terms",
     "espo_metrics",
 ]
+
+_UPPER, _LOWER = "upper (1+eps, A>0)", "lower (1-eps, A<0)"
+_HIGH = ("espo_clip_fraction", "ESPO high-entropy group", "fraction of group tokens clipped")
+_LOW = ("espo_clip_fraction", "ESPO low-entropy group", "fraction of group tokens clipped")
+_TOKEN = ("espo_clip_fraction", "ESPO per-token groups (grouping=token)", "fraction of tokens clipped")
+_EPS = ("espo_eps", "ESPO clip half-width per group", "eps (ratio deviation)")
+# fmt: off
+ESPO_SPEC = register_loss_spec(
+    LossSpec(
+        name="espo",
+        label="ESPO",
+        config_blocks=("espo",),
+        old_entropy=True,
+        step_threshold=StepThreshold(block="espo", key="grouping"),
+        plots=(
+            LossPlot(*_HIGH,  "actor/espo/high/clipfrac_upper",  _UPPER),
+            LossPlot(*_HIGH,  "actor/espo/high/clipfrac_lower",  _LOWER),
+            LossPlot(*_LOW,   "actor/espo/low/clipfrac_upper",   _UPPER),
+            LossPlot(*_LOW,   "actor/espo/low/clipfrac_lower",   _LOWER),
+            LossPlot(*_EPS,   "actor/espo/high/eps_mean",        "high-entropy group"),
+            LossPlot(*_EPS,   "actor/espo/low/eps_mean",         "low-entropy group"),
+            LossPlot(*_TOKEN, "actor/espo/token/clipfrac_upper", _UPPER),
+            LossPlot(*_TOKEN, "actor/espo/token/clipfrac_lower", _LOWER),
+            LossPlot(*_EPS,   "actor/espo/token/eps_mean",       "per token (grouping=token)"),
+        ),
+        columns=(
+            ("hi_clip+",  "actor/espo/high/clipfrac_upper"),
+            ("hi_clip-",  "actor/espo/high/clipfrac_lower"),
+            ("lo_clip+",  "actor/espo/low/clipfrac_upper"),
+            ("lo_clip-",  "actor/espo/low/clipfrac_lower"),
+            ("tok_clip+", "actor/espo/token/clipfrac_upper"),
+            ("tok_clip-", "actor/espo/token/clipfrac_lower"),
+        ),
+    )
+)
+# fmt: on
 
 #: Upper clamp on the log importance ratio, as in veRL's ``gspo`` loss.
 LOG_RATIO_CLAMP = 10.0

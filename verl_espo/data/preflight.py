@@ -25,8 +25,8 @@ structural checks still run). Remote paths (``hdfs://``, ``s3://``, ...) are ski
 nodes itself.
 
 :class:`DataPreflight` runs :func:`check_data` as a Hydra callback (``hydra.callbacks``), before ``main_ppo``
-starts Ray; the plugin's algorithm configs (``espo_algo``, ``egspo_algo``, ``chord_algo``) and the CPU smoke
-configs add it.
+starts Ray; the plugin's algorithm configs (``plugin_loss``, listed by ``espo_algo``, ``egspo_algo``,
+``chord_algo``) and the CPU smoke configs add it.
 """
 
 from __future__ import annotations

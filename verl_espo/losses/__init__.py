@@ -1,10 +1,11 @@
 """Policy losses the plugin registers in veRL's registry (importing this package registers them): ``espo``,
 ``egspo``, ``chord``, and ``gmpo`` (the recipes' GMPO baseline, normalised over the mini-batch).
 
-Each module registers its function with veRL's ``@register_policy_loss`` and, next to it, its
-:class:`~verl_espo.loss_inputs.LossSpec` (what the trainer, the actor loss, the config checks and the reports need
-to know about it). Shared wiring: :mod:`~verl_espo.losses.common` (config blocks, clip range) and
-:mod:`~verl_espo.losses.hybrid` (expert rows, CHORD's SFT term). Tensor math lives in :mod:`verl_espo.core`.
+Each module registers its function with veRL's ``@register_policy_loss`` and reads its settings through the
+loss's :class:`~verl_espo.loss_inputs.LossSpec` (what the trainer, the actor loss, the config checks and the
+reports need to know about it), declared with its tensor math in :mod:`verl_espo.core` (free of veRL). Shared
+wiring: :mod:`~verl_espo.losses.common` (config blocks, clip range) and :mod:`~verl_espo.losses.hybrid` (expert
+rows, CHORD's SFT term).
 """
 
 from __future__ import annotations
@@ -12,12 +13,8 @@ from __future__ import annotations
 from verl_espo.loss_inputs import MissingLossInputError, loss_spec, loss_specs
 from verl_espo.losses.chord import compute_policy_loss_chord
 from verl_espo.losses.egspo import compute_policy_loss_egspo
-
-# isort: off  (registration order is the order of the losses' figures in reports)
 from verl_espo.losses.espo import compute_policy_loss_espo
 from verl_espo.losses.gmpo import compute_policy_loss_gmpo
-
-# isort: on
 
 __all__ = [
     "compute_policy_loss_espo",

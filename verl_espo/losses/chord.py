@@ -1,4 +1,5 @@
-"""The ``chord`` policy loss (CHORD, arXiv 2508.11408) registered in veRL's policy-loss registry, and its spec.
+"""The ``chord`` policy loss (CHORD, arXiv 2508.11408) registered in veRL's policy-loss registry; its spec is
+:data:`verl_espo.core.chord.CHORD_SPEC`.
 
 veRL's ``vanilla`` PPO token loss on the rollout tokens, mixed with the SFT(-phi) term on expert rows
 (:mod:`verl_espo.losses.hybrid`): EGSPO without its entropy gate, so the two differ only in the gate.
@@ -13,23 +14,12 @@ import torch
 from verl.trainer.ppo.core_algos import register_policy_loss
 from verl.workers.config import ActorConfig
 
+from verl_espo.core.chord import CHORD_SPEC
 from verl_espo.core.common import masked_ppo_token_terms, ppo_metrics, to_floats, with_rollout_weights
-from verl_espo.loss_inputs import LossSpec, register_loss_spec
 from verl_espo.losses.common import clip_ratios, config_blocks
-from verl_espo.losses.hybrid import HYBRID_PLOTS, HYBRID_SUM_METRICS, expert_rows, mix_with_sft
+from verl_espo.losses.hybrid import expert_rows, mix_with_sft
 
-__all__ = ["CHORD_SPEC", "compute_policy_loss_chord"]
-
-CHORD_SPEC = register_loss_spec(
-    LossSpec(
-        name="chord",
-        label="CHORD-phi",
-        config_blocks=("hybrid",),
-        expert_rows=True,
-        sum_metrics=HYBRID_SUM_METRICS,
-        plots=HYBRID_PLOTS,
-    )
-)
+__all__ = ["compute_policy_loss_chord"]
 
 
 @register_policy_loss("chord")  # type: ignore[arg-type]

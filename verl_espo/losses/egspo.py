@@ -1,9 +1,11 @@
-"""The ``egspo`` policy loss (arXiv 2602.03309) registered in veRL's policy-loss registry, and its spec.
+"""The ``egspo`` policy loss (arXiv 2602.03309) registered in veRL's policy-loss registry; its spec is
+:data:`verl_espo.core.egspo.EGSPO_SPEC`.
 
 ``L_RL`` is veRL's ``vanilla`` PPO token loss on the rollout tokens times the entropy-gate weight
 (:mod:`verl_espo.core.egspo`); with expert rows it is mixed with CHORD's SFT term (:mod:`verl_espo.losses.hybrid`).
 ``egspo.rl_normalization=gate_weight`` replaces the RL part's token count by the sum of the gate's weights (the
-token count times the step's mean weight, :func:`step_gate_weight_mean`, computed by the trainer).
+token count times the step's mean weight, :func:`~verl_espo.core.egspo.step_gate_weight_mean`, the spec's step
+statistic ``gate_weight_mean``, computed by the trainer).
 """
 
 from __future__ import annotations
@@ -18,43 +20,12 @@ from verl.workers.config import ActorConfig
 
 from verl_espo.config.loss import EGSPO_KEY_PREFIX, EGSPOConfig
 from verl_espo.core.common import to_floats, with_rollout_weights
-from verl_espo.core.egspo import egspo_metrics, egspo_token_terms, gate_weights
-from verl_espo.core.entropy import sequence_high_entropy_mask, threshold_high_entropy_mask
-from verl_espo.loss_inputs import (
-    LossPlot,
-    LossSpec,
-    MissingLossInputError,
-    StepThreshold,
-    loss_input,
-    missing_old_entropy_message,
-    register_loss_spec,
-)
+from verl_espo.core.egspo import EGSPO_SPEC, egspo_metrics, egspo_token_terms, gate_high_mask
+from verl_espo.loss_inputs import MissingLossInputError, loss_input, missing_old_entropy_message
 from verl_espo.losses.common import clip_ratios, config_blocks
-from verl_espo.losses.hybrid import HYBRID_PLOTS, HYBRID_SUM_METRICS, expert_rows, mix_with_sft
+from verl_espo.losses.hybrid import expert_rows, mix_with_sft
 
-__all__ = ["EGSPO_SPEC", "compute_policy_loss_egspo", "needs_gate_weight_mean", "step_gate_weight_mean"]
-
-EGSPO_SPEC = register_loss_spec(
-    LossSpec(
-        name="egspo",
-        label="EGSPO",
-        config_blocks=("egspo", "hybrid"),
-        old_entropy=True,
-        step_threshold=StepThreshold(block="egspo", key="gate"),
-        expert_rows=True,
-        sum_metrics=HYBRID_SUM_METRICS,
-        plots=(
-            LossPlot("egspo_gate", "EGSPO gate: full-PPO tokens", "fraction of tokens", "actor/egspo/high_token_frac"),
-            LossPlot(
-                "egspo_gate",
-                "EGSPO mean phi, low-entropy tokens",
-                "weight phi_scale * p(1-p)",
-                "actor/egspo/phi_mean_low",
-            ),  # fmt: skip
-            *HYBRID_PLOTS,
-        ),
-    )
-)
+__all__ = ["compute_policy_loss_egspo"]
 
 
 def _gate(
@@ -66,9 +37,9 @@ def _gate(
     if old_entropy.shape != rollout_mask.shape:
         raise ValueError(f"old_entropy has shape {tuple(old_entropy.shape)}, expected {tuple(rollout_mask.shape)}")
     if params.gate == "sequence":
-        return sequence_high_entropy_mask(old_entropy, rollout_mask, params.high_entropy_ratio), None
-    if params.gate == "threshold":
-        threshold = params.threshold
+        threshold = None
+    elif params.gate == "threshold":
+        threshold = float(params.threshold)
     elif threshold is None:
         raise MissingLossInputError(
             f"{EGSPO_KEY_PREFIX}.gate=batch needs the step-level entropy threshold that the plugin's trainer "
@@ -76,34 +47,9 @@ def _gate(
             "pkg://verl_espo.config/egspo_trainer); none reached the loss. When calling the loss directly, "
             "pass `entropy_threshold=`, or use gate=sequence / gate=threshold."
         )
-    threshold = float(threshold)
-    return threshold_high_entropy_mask(old_entropy, rollout_mask, threshold), threshold
-
-
-def needs_gate_weight_mean(policy_loss: Any) -> bool:
-    """Whether the configured loss is EGSPO with ``egspo.rl_normalization=gate_weight``."""
-    if policy_loss.get("loss_mode", "vanilla") != EGSPO_SPEC.name:
-        return False
-    return (policy_loss.get("egspo", None) or {}).get("rl_normalization", "tokens") == "gate_weight"
-
-
-def step_gate_weight_mean(
-    params: EGSPOConfig,
-    old_entropy: torch.Tensor,
-    old_log_prob: torch.Tensor,
-    rollout_mask: torch.Tensor,
-    entropy_threshold: Optional[float] = None,
-) -> float:
-    """Mean gate weight ``sum w_t / N`` over the ``N`` rollout tokens of a step (``egspo.rl_normalization=
-    gate_weight``), in float64.
-
-    ``w_t`` is :func:`verl_espo.core.egspo.gate_weights` on the old policy (``phi_source=old``) under the configured
-    gate; the trainer calls this once per step on the step's padded ``(B, T)`` tensors.
-    """
-    mask = rollout_mask.bool()
-    high, _ = _gate(params, old_entropy, mask, entropy_threshold)
-    weights = gate_weights(high, old_log_prob.double(), float(params.phi_scale))
-    return float(torch.where(mask, weights, 0.0).sum() / mask.sum().clamp(min=1))
+    else:
+        threshold = float(threshold)
+    return gate_high_mask(params.gate, old_entropy, rollout_mask, params.high_entropy_ratio, threshold), threshold
 
 
 def _gate_weight_mean(
@@ -166,8 +112,9 @@ def compute_policy_loss_egspo(
         mu: the SFT weight of the step (required with ``expert_mask``).
         hybrid_counts: the mini-batch's ``rollout_tokens``, ``rollout_rows``, ``expert_tokens``, ``expert_rows``.
         gate_weight_mean: with ``egspo.rl_normalization=gate_weight``, the step's mean ``w_t`` over its rollout
-            tokens (:func:`step_gate_weight_mean`); the RL part's token-mean denominator becomes the mini-batch's
-            rollout tokens times it (the sum of the gate's weights when the step is one mini-batch).
+            tokens (:func:`~verl_espo.core.egspo.step_gate_weight_mean`); the RL part's token-mean denominator
+            becomes the mini-batch's rollout tokens times it (the sum of the gate's weights when the step is one
+            mini-batch).
 
     Keyword inputs left as ``None`` are taken from the plugin's actor loss (:func:`verl_espo.loss_inputs.loss_input`).
 

@@ -1,4 +1,5 @@
-"""The ``espo`` policy loss registered in veRL's policy-loss registry (arXiv 2512.00499).
+"""The ``espo`` policy loss registered in veRL's policy-loss registry (arXiv 2512.00499); its spec is
+:data:`verl_espo.core.espo.ESPO_SPEC`.
 
 This module is veRL plumbing only: it reads ``config.policy_loss.espo``, picks the grouping (the high-entropy
 group of ``sequence``/``batch``, or one group per token for ``token``), calls the tensor math in
@@ -16,47 +17,11 @@ from verl.workers.config import ActorConfig
 
 from verl_espo.config.loss import ESPO_KEY_PREFIX, ESPOConfig
 from verl_espo.core.entropy import high_entropy_count, sequence_high_entropy_mask, threshold_high_entropy_mask
-from verl_espo.core.espo import espo_metrics, espo_token_grouping_terms, espo_token_terms
-from verl_espo.loss_inputs import (
-    LossPlot,
-    LossSpec,
-    MissingLossInputError,
-    StepThreshold,
-    loss_input,
-    missing_old_entropy_message,
-    register_loss_spec,
-)
+from verl_espo.core.espo import ESPO_SPEC, espo_metrics, espo_token_grouping_terms, espo_token_terms
+from verl_espo.loss_inputs import MissingLossInputError, loss_input, missing_old_entropy_message
 from verl_espo.losses.common import clip_ratios, config_blocks
 
-__all__ = ["ESPO_SPEC", "compute_policy_loss_espo", "MissingOldEntropyError", "resolve_vocab_size"]
-
-_UPPER, _LOWER = "upper (1+eps, A>0)", "lower (1-eps, A<0)"
-_HIGH = ("espo_clip_fraction", "ESPO high-entropy group", "fraction of group tokens clipped")
-_LOW = ("espo_clip_fraction", "ESPO low-entropy group", "fraction of group tokens clipped")
-_TOKEN = ("espo_clip_fraction", "ESPO per-token groups (grouping=token)", "fraction of tokens clipped")
-_EPS = ("espo_eps", "ESPO clip half-width per group", "eps (ratio deviation)")
-# fmt: off
-ESPO_SPEC = register_loss_spec(
-    LossSpec(
-        name="espo",
-        label="ESPO",
-        config_blocks=("espo",),
-        old_entropy=True,
-        step_threshold=StepThreshold(block="espo", key="grouping"),
-        plots=(
-            LossPlot(*_HIGH,  "actor/espo/high/clipfrac_upper",  _UPPER),
-            LossPlot(*_HIGH,  "actor/espo/high/clipfrac_lower",  _LOWER),
-            LossPlot(*_LOW,   "actor/espo/low/clipfrac_upper",   _UPPER),
-            LossPlot(*_LOW,   "actor/espo/low/clipfrac_lower",   _LOWER),
-            LossPlot(*_EPS,   "actor/espo/high/eps_mean",        "high-entropy group"),
-            LossPlot(*_EPS,   "actor/espo/low/eps_mean",         "low-entropy group"),
-            LossPlot(*_TOKEN, "actor/espo/token/clipfrac_upper", _UPPER),
-            LossPlot(*_TOKEN, "actor/espo/token/clipfrac_lower", _LOWER),
-            LossPlot(*_EPS,   "actor/espo/token/eps_mean",       "per token (grouping=token)"),
-        ),
-    )
-)
-# fmt: on
+__all__ = ["compute_policy_loss_espo", "MissingOldEntropyError", "resolve_vocab_size"]
 
 MISSING_ENTROPY_HELP = missing_old_entropy_message("ESPO groups tokens by", "espo")
 

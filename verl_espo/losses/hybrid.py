@@ -22,20 +22,9 @@ from verl.workers.config import ActorConfig
 from verl_espo.config.loss import HYBRID_KEY_PREFIX, HybridConfig
 from verl_espo.core.chord import HYBRID_COUNT_KEYS, hybrid_counts, sft_token_losses
 from verl_espo.core.common import masked, share, to_floats
-from verl_espo.loss_inputs import LossPlot, MissingLossInputError, loss_input
+from verl_espo.loss_inputs import MissingLossInputError, loss_input
 
-__all__ = ["HYBRID_SUM_METRICS", "HYBRID_PLOTS", "ExpertRows", "expert_rows", "mix_with_sft"]
-
-#: The two parts of the loss, normalised like the loss: summed over micro-batches and ranks.
-HYBRID_SUM_METRICS = frozenset({"actor/hybrid/rl_loss", "actor/hybrid/sft_loss"})
-
-# fmt: off
-HYBRID_PLOTS = (
-    LossPlot("chord_mu",   "CHORD SFT weight mu", "mu (weight of the SFT loss)", "actor/hybrid/mu"),
-    LossPlot("chord_loss", "CHORD loss parts",    "loss (per token)",            "actor/hybrid/rl_loss",  "RL part"),
-    LossPlot("chord_loss", "CHORD loss parts",    "loss (per token)",            "actor/hybrid/sft_loss", "SFT part"),
-)
-# fmt: on
+__all__ = ["ExpertRows", "expert_rows", "mix_with_sft"]
 
 
 @dataclass(frozen=True)

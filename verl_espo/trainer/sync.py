@@ -11,9 +11,10 @@ asks for them:
    before the old-log-prob pass (CHORD's sample-level mixing): flagged ``is_expert``, no reward call, their own
    GRPO-free advantage (zero), excluded from veRL's reward/length metrics (tagged like veRL's padding rows);
 4. once per step, before the actor update, it computes the step-level statistics the loss needs: the entropy
-   threshold over the step's rollout tokens (the spec's ``step_threshold``, when its key is on), CHORD's ``mu`` and
-   the per-type token and row counts, and hands them to every micro-batch and rank; before that it logs the
-   step's verifier time-outs and NaN rewards and refuses NaN advantages (:mod:`verl_espo.trainer.step_checks`).
+   threshold over the step's rollout tokens (the spec's ``step_threshold``, when its key is on), the spec's
+   ``step_statistics`` that are switched on (:func:`step_statistics`), CHORD's ``mu`` and the per-type token and
+   row counts, and hands them to every micro-batch and rank; before that it logs the step's verifier time-outs and
+   NaN rewards and refuses NaN advantages (:mod:`verl_espo.trainer.step_checks`).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import logging
 import math
 import os
 from collections.abc import Iterator
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 import transfer_queue as tq
@@ -37,13 +38,15 @@ from verl.trainer.ppo.v1 import PPOTrainerSync, register_trainer
 from verl.trainer.ppo.v1.trainer_colocate_async import PPOTrainerColocateAsync
 from verl.trainer.ppo.v1.trainer_separate_async import PPOTrainerSeparateAsync
 from verl.utils import tensordict_utils as tu
+from verl.utils.config import omega_conf_to_dataclass
 from verl.utils.debug.metrics import calculate_debug_metrics
 from verl.utils.tensordict_utils import list_of_dict_to_tensordict
+from verl.workers.config import PolicyLossConfig
 
 from verl_espo.advantages import EXPERT_UID_PREFIX
 from verl_espo.core.chord import hybrid_counts, mu_schedule
 from verl_espo.core.entropy import batch_entropy_threshold
-from verl_espo.loss_inputs import step_threshold_ratio
+from verl_espo.loss_inputs import StepStatistic, loss_spec, step_statistics, step_threshold_ratio
 from verl_espo.trainer.checks import check_trainer_config, expert_data_config
 from verl_espo.trainer.expert_data import ExpertDemonstrations, expert_row
 from verl_espo.trainer.resume import kept_records, restore_records
@@ -51,7 +54,6 @@ from verl_espo.trainer.step_checks import check_step
 from verl_espo.workers.actor_loss import (
     ENTROPY_THRESHOLD_KEY,
     EXPERT_KEY,
-    GATE_WEIGHT_MEAN_KEY,
     HYBRID_COUNTS_KEY,
     MU_KEY,
     OLD_ENTROPY_KEY,
@@ -66,6 +68,7 @@ __all__ = [
     "PluginTrainerSeparateAsync",
     "step_threshold_ratio",
     "hybrid_counts",
+    "compute_step_statistics",
 ]
 
 logger = logging.getLogger(__name__)
@@ -80,6 +83,31 @@ def _flat_tokens(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         lengths = torch.full((values.shape[0],), values.shape[1], dtype=torch.int64)
         flat = values.reshape(-1)
     return flat, torch.repeat_interleave(torch.arange(lengths.numel()), lengths)
+
+
+def compute_step_statistics(
+    policy_loss: Union[DictConfig, PolicyLossConfig],
+    data: TensorDict,
+    expert: torch.Tensor,
+    entropy_threshold: Optional[float],
+) -> dict[StepStatistic, float]:
+    """The values of the step statistics the configured loss needs (:func:`~verl_espo.loss_inputs.step_statistics`).
+
+    ``policy_loss`` is the actor's policy-loss config, as the trainer holds it or as its dataclass; ``data`` holds
+    the step's rows with ``response_mask`` and each statistic's ``fields`` (nested or padded), padded here once;
+    ``expert`` flags the expert rows, left out of the rollout tokens; ``entropy_threshold`` is the step's.
+    """
+    statistics = step_statistics(policy_loss)
+    if not statistics:
+        return {}
+    fields = list(dict.fromkeys(field for statistic in statistics for field in statistic.fields))
+    padded = data.select("response_mask", *fields).to_padded_tensor()
+    rollout_mask = padded["response_mask"].bool() & ~expert.unsqueeze(-1)
+    typed = omega_conf_to_dataclass(policy_loss)  # the loss's typed, validated blocks
+    return {
+        s: float(s.compute(typed, {f: padded[f] for f in s.fields}, rollout_mask, entropy_threshold))
+        for s in statistics
+    }
 
 
 class PluginTrainerMixin:
@@ -251,32 +279,21 @@ class PluginTrainerMixin:
             with open_dict(actor):
                 actor.ppo_mini_batch_size = before
 
-    def _gate_weight_mean(self, data: TensorDict, expert: torch.Tensor, threshold: Optional[float]) -> float:
-        """The step's mean EGSPO gate weight over its rollout tokens, on the old policy (padded once per step)."""
-        from verl_espo.config.loss import EGSPOConfig
-        from verl_espo.losses.egspo import step_gate_weight_mean
-
-        padded = data.select("response_mask", OLD_ENTROPY_KEY, "old_log_probs").to_padded_tensor()
-        mask = padded["response_mask"].bool() & ~expert.unsqueeze(-1)
-        block = self.config.actor_rollout_ref.actor.policy_loss.egspo
-        params = EGSPOConfig(**{k: v for k, v in block.items() if k != "_target_"})
-        return step_gate_weight_mean(params, padded[OLD_ENTROPY_KEY], padded["old_log_probs"], mask, threshold)
-
     def _update_actor(self, batch: KVBatchMeta, metrics: dict):
         check_step(batch, metrics, self.global_steps)  # verifier time-outs, NaN rewards; NaN advantages refused
         policy_loss = self.config.actor_rollout_ref.actor.policy_loss
         rho = step_threshold_ratio(policy_loss)
-        from verl_espo.losses.egspo import needs_gate_weight_mean  # lazily: the trainer registers without the losses
-
-        by_gate_weight = needs_gate_weight_mean(policy_loss)
-        if rho is None and not self.hybrid and not by_gate_weight:
+        statistics = step_statistics(policy_loss)
+        if rho is None and not self.hybrid and not statistics:
             return super()._update_actor(batch, metrics)
 
-        fields = (
-            ["response_mask"]
-            + ([OLD_ENTROPY_KEY] if rho is not None or by_gate_weight else [])
-            + (["old_log_probs"] if by_gate_weight else [])
-            + ([EXPERT_KEY] if self.hybrid else [])
+        fields = list(
+            dict.fromkeys(
+                ["response_mask"]
+                + ([OLD_ENTROPY_KEY] if rho is not None else [])
+                + [field for statistic in statistics for field in statistic.fields]
+                + ([EXPERT_KEY] if self.hybrid else [])
+            )
         )
         data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=fields)
         expert = row_flags(data[EXPERT_KEY]) if self.hybrid else torch.zeros(len(batch), dtype=torch.bool)
@@ -293,10 +310,12 @@ class PluginTrainerMixin:
             threshold = batch_entropy_threshold(entropy, valid, rho)
             batch.extra_info[ENTROPY_THRESHOLD_KEY] = threshold
             metrics["actor/step_entropy_threshold"] = threshold
-        if by_gate_weight:
-            mean = self._gate_weight_mean(data, expert, batch.extra_info.get(ENTROPY_THRESHOLD_KEY))
-            batch.extra_info[GATE_WEIGHT_MEAN_KEY] = mean
-            metrics["actor/egspo/step_gate_weight_mean"] = mean
+        if statistics:
+            spec = loss_spec(policy_loss.loss_mode)
+            threshold = batch.extra_info.get(ENTROPY_THRESHOLD_KEY)
+            for statistic, value in compute_step_statistics(policy_loss, data, expert, threshold).items():
+                batch.extra_info[spec.statistic_key(statistic)] = value
+                metrics[spec.statistic_metric(statistic)] = value
         if not self.hybrid:
             return super()._update_actor(batch, metrics)
 

@@ -13,8 +13,8 @@ which hands the policy loss:
   trainer when the loss's spec asks for one, e.g. ESPO's ``grouping=batch`` and EGSPO's ``gate=batch``).
 * ``expert_mask``, ``mu``, ``hybrid_counts``: the expert rows of hybrid training (tensor field ``is_expert``),
   the step's SFT weight and the step's per-type counts (non-tensor data, set by the trainer).
-* ``gate_weight_mean``: the step's mean EGSPO gate weight (``egspo.rl_normalization=gate_weight``, set by the
-  trainer).
+* each of the spec's ``step_statistics`` under its ``name`` (non-tensor data under the spec's
+  ``statistic_key``, set by the trainer when its key is on; e.g. EGSPO's ``gate_weight_mean``).
 """
 
 from __future__ import annotations
@@ -42,7 +42,6 @@ __all__ = [
     "EXPERT_KEY",
     "MU_KEY",
     "HYBRID_COUNTS_KEY",
-    "GATE_WEIGHT_MEAN_KEY",
     "padded_old_entropy",
     "row_flags",
 ]
@@ -57,8 +56,6 @@ EXPERT_KEY = "is_expert"
 MU_KEY = "hybrid_mu"
 #: Non-tensor batch key of the step's per-type token and row counts.
 HYBRID_COUNTS_KEY = "hybrid_counts"
-#: Non-tensor batch key of the step's mean EGSPO gate weight (``egspo.rl_normalization=gate_weight``).
-GATE_WEIGHT_MEAN_KEY = "egspo_gate_weight_mean"
 
 
 def row_flags(field: torch.Tensor) -> torch.Tensor:
@@ -98,7 +95,7 @@ def entropy_aware_ppo_loss(
         "expert_mask": row_flags(data[EXPERT_KEY]) if EXPERT_KEY in data.keys() else None,
         "mu": tu.get_non_tensor_data(data, MU_KEY, None),
         "hybrid_counts": tu.get_non_tensor_data(data, HYBRID_COUNTS_KEY, None),
-        "gate_weight_mean": tu.get_non_tensor_data(data, GATE_WEIGHT_MEAN_KEY, None),
+        **{s.name: tu.get_non_tensor_data(data, spec.statistic_key(s), None) for s in spec.step_statistics},
     }
     with policy_loss_extras(**extras):
         loss, metrics = verl_losses.ppo_loss(config, model_output, data, dp_group)
