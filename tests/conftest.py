@@ -55,12 +55,12 @@ def actor_config():
 # each (`-n 2 --dist loadfile`); collected first, these start first, and the fast modules fill in around them.
 SLOW_MODULES_FIRST = (
     "test_e2e_learning.py",
+    "test_e2e_separate_async.py",
     "test_resume.py",
     "test_e2e_hybrid.py",
     "test_evaluate.py",
     "test_e2e_vllm_async.py",
     "test_e2e_vllm.py",
-    "test_e2e_separate_async.py",
     "test_recipes.py",
     "test_actor_integration.py",
     "test_sft_stage.py",

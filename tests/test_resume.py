@@ -11,21 +11,21 @@ killed-then-resumed run is compared with the uninterrupted one (README table in 
 * the actor weights and optimizer state of the step-2 checkpoint the resumed run loads, against the uninterrupted
   run's step-2 checkpoint.
 
-EGSPO with expert rows exercises every piece of state the plugin's trainer has (ESPO's trainer path is the same
-class with a subset of it: the step-level threshold of ``grouping=batch``, no expert rows, no ``mu``).
+EGSPO with expert rows exercises every piece of state the plugin's sync trainer has (ESPO's trainer path is the
+same class with a subset of it: the step-level threshold of ``grouping=batch``, no expert rows, no ``mu``); ESPO
+resuming on ``plugin_separate_async`` is ``test_e2e_separate_async.py``'s (the launch and kill helpers of both are in
+``resume_runs.py``). The fast tests pin what the resume hooks expect of veRL (docs/verl_internals.md rows 27, 28):
+the metrics log, and the submission step of the prompt groups an async run re-issues, which the plugin keeps.
 """
 
 from __future__ import annotations
 
 import json
-import re
-import signal
-import subprocess
-import time
 from pathlib import Path
 
 import pytest
 import torch
+from resume_runs import DIGEST_LINE, adam_steps, checkpoint_digest, log, rollouts, run, train_steps
 
 STEPS, SAVE_FREQ, KILL_AFTER = 5, 2, 2
 OVERRIDES = [
@@ -50,123 +50,16 @@ OVERRIDES = [
 ]
 
 
-def _launch(out: Path, model: Path) -> subprocess.Popen:
-    from verl_espo.runner import trainer_env
-    from verl_espo.smoke import _command
-    from verl_espo.toy.task import write_dataset, write_expert_dataset
-
-    train, val = write_dataset(out / "data")
-    expert, _ = write_expert_dataset(out / "data")
-    overrides = [f"data.expert.files=[{expert}]", f"trainer.rollout_data_dir={out / 'rollouts'}", *OVERRIDES]
-    cmd = _command("egspo", out, model, train, val, STEPS, overrides)
-    log = open(out / "train.log", "ab")
-    env = trainer_env(out / "metrics.jsonl", cpu=True)
-    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=out, start_new_session=True)
-
-
-def _records(out: Path) -> list[dict]:
-    path = out / "metrics.jsonl"
-    if not path.exists():
-        return []
-    records = []
-    for line in path.read_bytes().splitlines():
-        try:
-            records.append(json.loads(line))
-        except ValueError:
-            pass
-    return records
-
-
-def _kill_tree(proc: subprocess.Popen) -> None:
-    """SIGKILL the trainer, the Ray processes it started and their workers (a node's preemption)."""
-    import psutil
-
-    try:
-        tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
-    except psutil.NoSuchProcess:
-        tree = []
-    for p in tree:
-        try:
-            p.send_signal(signal.SIGKILL)
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(tree, timeout=30)
-    proc.wait()
-
-
-def _run(out: Path, model: Path, timeout_s: float = 900, kill_after_checkpoint: int | None = None) -> int:
-    proc = _launch(out, model)
-    deadline = time.time() + timeout_s
-    try:
-        while proc.poll() is None:
-            if time.time() > deadline:
-                raise TimeoutError(f"trainer in {out} ran past {timeout_s} s")
-            if kill_after_checkpoint is not None:
-                marker = out / "checkpoints" / "latest_checkpointed_iteration.txt"
-                logged = {r["step"] for r in _records(out) if "timing_s/step" in r.get("data", {})}
-                if (
-                    marker.exists()
-                    and marker.read_text().strip() == str(kill_after_checkpoint)
-                    and (kill_after_checkpoint in logged)
-                ):
-                    _kill_tree(proc)  # during step kill_after_checkpoint + 1
-                    return -9
-            time.sleep(0.2)
-    finally:
-        if proc.poll() is None:
-            _kill_tree(proc)
-    return proc.returncode
-
-
-def _steps(out: Path) -> dict[int, list[dict]]:
-    by_step: dict[int, list[dict]] = {}
-    for r in _records(out):
-        if "timing_s/step" in r["data"]:
-            by_step.setdefault(r["step"], []).append(r["data"])
-    return by_step
-
-
-def _rollouts(out: Path, step: int) -> tuple[list[str], list[tuple[str, str]]]:
-    """(sorted prompts of the step's rollout rows, sorted (prompt, response) of its expert rows)."""
-    rows = [json.loads(line) for line in (out / "rollouts" / f"{step}.jsonl").read_text().splitlines()]
-    expert = sorted((r["input"], r["output"]) for r in rows if str(r.get("uid", "")).startswith("expert-"))
-    prompts = sorted(r["input"] for r in rows if not str(r.get("uid", "")).startswith("expert-"))
-    return prompts, expert
-
-
-def _checkpoint_tensors(out: Path, step: int) -> dict[str, torch.Tensor]:
-    actor = out / "checkpoints" / f"global_step_{step}" / "actor"
-    tensors = {}
-    for path in sorted(actor.glob("*.pt")):
-        if path.name.startswith(("model_", "optim_")):
-            state = torch.load(path, map_location="cpu", weights_only=False)
-            flat = state.get("state", state) if path.name.startswith("optim_") else state
-            for key, value in _flatten(flat, path.name.split("_")[0]).items():
-                tensors[key] = value
-    return tensors
-
-
-def _flatten(obj, prefix: str) -> dict[str, torch.Tensor]:
-    if isinstance(obj, torch.Tensor):
-        return {prefix: obj.full_tensor() if hasattr(obj, "full_tensor") else obj}
-    if isinstance(obj, dict):
-        out = {}
-        for k, v in obj.items():
-            out.update(_flatten(v, f"{prefix}.{k}"))
-        return out
-    return {}
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     from verl_espo.toy.assets import build_assets
 
     model = build_assets(tmp_path_factory.mktemp("model"))
     whole, resumed = tmp_path_factory.mktemp("whole"), tmp_path_factory.mktemp("resumed")
-    assert _run(whole, model) == 0, (whole / "train.log").read_text()[-4000:]
-    assert _run(resumed, model, kill_after_checkpoint=KILL_AFTER) == -9, (resumed / "train.log").read_text()[-4000:]
-    killed_steps = sorted(_steps(resumed))
-    assert _run(resumed, model) == 0, (resumed / "train.log").read_text()[-4000:]
+    assert run(whole, model, "egspo", STEPS, OVERRIDES) == 0, log(whole)[-4000:]
+    assert run(resumed, model, "egspo", STEPS, OVERRIDES, kill_after_checkpoint=KILL_AFTER) == -9, log(resumed)[-4000:]
+    killed_steps = sorted(train_steps(resumed))
+    assert run(resumed, model, "egspo", STEPS, OVERRIDES) == 0, log(resumed)[-4000:]
     return whole, resumed, killed_steps
 
 
@@ -175,8 +68,8 @@ def runs(tmp_path_factory):
 def test_step_counter_and_metrics_log(runs):
     whole, resumed, killed_steps = runs
     assert killed_steps[-1] in (KILL_AFTER, KILL_AFTER + 1)  # killed during step 3 (its record not yet written)
-    assert "Resuming from" in (resumed / "train.log").read_text()
-    steps = _steps(resumed)
+    assert "Resuming from" in log(resumed)
+    steps = train_steps(resumed)
     assert sorted(steps) == list(range(1, STEPS + 1))
     assert all(len(records) == 1 for records in steps.values())  # each step exactly once
 
@@ -185,13 +78,13 @@ def test_step_counter_and_metrics_log(runs):
 @pytest.mark.timeout(3600)  # the module's three trainer runs start in the first test's setup
 def test_mu_and_expert_rows_of_each_step(runs):
     whole, resumed, _ = runs
-    a, b = _steps(whole), _steps(resumed)
+    a, b = train_steps(whole), train_steps(resumed)
     mus = [a[s][0]["actor/hybrid/mu"] for s in range(1, STEPS + 1)]
     assert len(set(mus)) == STEPS  # the schedule changes every step
     assert mus == [b[s][0]["actor/hybrid/mu"] for s in range(1, STEPS + 1)]
     for step in range(1, STEPS + 1):
-        assert _rollouts(whole, step)[1] == _rollouts(resumed, step)[1], f"expert rows of step {step}"
-        assert len(_rollouts(whole, step)[1]) == 8
+        assert rollouts(whole, step)[1] == rollouts(resumed, step)[1], f"expert rows of step {step}"
+        assert len(rollouts(whole, step)[1]) == 8
 
 
 @pytest.mark.slow
@@ -199,7 +92,7 @@ def test_mu_and_expert_rows_of_each_step(runs):
 def test_data_order(runs):
     whole, resumed, _ = runs
     for step in range(1, STEPS + 1):
-        assert _rollouts(whole, step)[0] == _rollouts(resumed, step)[0], f"prompts of step {step}"
+        assert rollouts(whole, step)[0] == rollouts(resumed, step)[0], f"prompts of step {step}"
 
 
 @pytest.mark.slow
@@ -210,31 +103,12 @@ def test_weights_and_optimizer_state_after_loading(runs):
     in the uninterrupted run, not 2). The weights are not compared with the uninterrupted run: the rollouts are
     sampled differently in each run (veRL's CPU sampling is not seeded per request), so the updates differ."""
     whole, resumed, _ = runs
-    digests = re.findall(r"hf rollout: replica 0 weights at step (\d+): sha256 ([0-9a-f]{64})", _log(resumed))
+    digests = DIGEST_LINE.findall(log(resumed))
     after_loading = [d for step, d in digests if int(step) == KILL_AFTER]
     assert len(after_loading) == 2  # the killed run's sync at the end of step 2, the resumed run's after loading
-    assert after_loading[0] == after_loading[1] == _checkpoint_digest(resumed, KILL_AFTER)
+    assert after_loading[0] == after_loading[1] == checkpoint_digest(resumed, KILL_AFTER)
     for out in (whole, resumed):
-        steps = {
-            float(v) for k, v in _checkpoint_tensors(out, 4).items() if k.startswith("optim") and k.endswith(".step")
-        }
-        assert steps == {4.0}, (out, steps)
-
-
-def _log(out: Path) -> str:
-    return (out / "train.log").read_text(errors="replace")
-
-
-def _checkpoint_digest(out: Path, step: int) -> str:
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    from verl_espo.rollout.hf_server import weights_digest
-
-    config = AutoConfig.from_pretrained(out / "checkpoints" / f"global_step_{step}" / "actor" / "huggingface")
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation="eager")
-    state = {k.removeprefix("model."): v for k, v in _checkpoint_tensors(out, step).items() if k.startswith("model.")}
-    model.load_state_dict(state, strict=True)
-    return weights_digest(model.state_dict())
+        assert adam_steps(out, 4) == {4.0}, out
 
 
 def test_recipes_launcher_and_slurm_script_resume_after_a_requeue(tmp_path):
@@ -288,3 +162,88 @@ def test_verl_file_logger_as_the_resume_hook_expects(tmp_path, monkeypatch):
     file_logger.log({"x": 3}, step=3)
     file_logger.finish()
     assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1, 2, 3]
+
+
+class _FakeTransferQueue:
+    """The TransferQueue calls of veRL's re-issue and the plugin's hook, on tags in a dict (tags merge on put)."""
+
+    def __init__(self, tags: dict[str, dict]):
+        self.tags = {"train": {k: dict(v) for k, v in tags.items()}}
+        self.generated: list = []
+
+    def kv_list(self, partition_id=None):
+        return {pid: {k: dict(v) for k, v in items.items()} for pid, items in self.tags.items()}
+
+    def kv_batch_get(self, keys, partition_id, select_fields=None):
+        from tensordict import TensorDict
+
+        return TensorDict({"uid": torch.arange(len(keys))}, batch_size=len(keys))
+
+    def kv_clear(self, keys, partition_id):
+        for key in [keys] if isinstance(keys, str) else keys:
+            self.tags[partition_id].pop(key)
+
+    def kv_batch_put(self, keys, partition_id, fields=None, tags=None):
+        for key, tag in zip(keys, tags, strict=True):
+            self.tags[partition_id].setdefault(key, {}).update(tag)
+
+    def generate_sequences(self, batch):  # the agent loop manager's, where veRL sends the re-issued prompts
+        tags = self.tags["train"]
+        self.generated.append((len(batch), {k: tags[k]["global_steps"] for k in tags if tags[k].get("is_prompt")}))
+
+
+def test_reissued_prompts_keep_the_step_they_were_submitted_in(monkeypatch):
+    """docs/verl_internals.md row 28: resuming an async mode, veRL re-issues the checkpoint's pending and running
+    prompt groups (clearing their partial trajectories) tagged with the resumed step, and its replay buffer takes
+    the oldest tag first; the plugin's trainer puts back the step each was submitted in."""
+    import inspect
+
+    import transfer_queue
+    from verl.trainer.ppo.v1.replay_buffer import ReplayBuffer
+    from verl.trainer.ppo.v1.trainer_base import PPOTrainer
+
+    from verl_espo.trainer.sync import PluginTrainerSeparateAsync, PluginTrainerSync
+
+    tags = {
+        "done": {"is_prompt": True, "status": "finished", "global_steps": 2},
+        "done_0_0": {"status": "success", "global_steps": 2},
+        "half": {"is_prompt": True, "status": "running", "global_steps": 2},
+        "half_0_0": {"status": "success", "global_steps": 2},
+        "older": {"is_prompt": True, "status": "pending", "global_steps": 1},
+    }
+
+    def resumed_trainer(cls):
+        fake = _FakeTransferQueue(tags)
+        for name in ("kv_list", "kv_batch_get", "kv_clear", "kv_batch_put"):
+            monkeypatch.setattr(transfer_queue, name, getattr(fake, name))
+        trainer = object.__new__(cls)
+        trainer.global_steps = 3
+        trainer.agent_loop_manager = fake  # records the re-issued batches
+        return trainer, fake
+
+    trainer, fake = resumed_trainer(PluginTrainerSeparateAsync)
+    assert PPOTrainer._reissue_inflight_prompts(trainer) == 2  # veRL alone
+    steps = {k: fake.tags["train"][k]["global_steps"] for k in ("done", "half", "older")}
+    assert steps == {"done": 2, "half": 3, "older": 3}, "veRL no longer tags re-issued prompts with the resumed step"
+    assert "half_0_0" not in fake.tags["train"] and len(fake.generated) == 1
+
+    trainer, fake = resumed_trainer(PluginTrainerSeparateAsync)
+    assert trainer._reissue_inflight_prompts() == 2
+    after = fake.tags["train"]
+    assert {k: after[k]["global_steps"] for k in ("done", "half", "older")} == {"done": 2, "half": 2, "older": 1}
+    assert after["half"]["status"] == after["older"]["status"] == "pending" and "half_0_0" not in after
+    # restored before the dispatch, so no rollout's status update can interleave with it
+    assert fake.generated == [(2, {"done": 2, "half": 2, "older": 1})]
+    assert trainer.agent_loop_manager is fake
+
+    trainer, fake = resumed_trainer(PluginTrainerSync)  # the sync mode checkpoints no TransferQueue
+    assert trainer._reissue_inflight_prompts() == 0 and fake.tags["train"] == tags
+
+    reissue = inspect.getsource(PPOTrainer._reissue_inflight_prompts)  # tags first, then dispatches
+    assert reissue.index("tq.kv_batch_put(") < reissue.index("self.agent_loop_manager.generate_sequences(batch)")
+    fit = inspect.getsource(PPOTrainer.fit)  # re-issued on resume, before the first step submits its batch
+    assert "self._reissue_inflight_prompts()" in fit
+    assert fit.index("self._reissue_inflight_prompts()") < fit.index("self.on_train_begin()")
+    buffer = ReplayBuffer("separate_async", {}, None, "drop", {})
+    buffer.prompt_global_steps["train"] = {"new": 3, "old": 2}
+    assert buffer._select_prompt_uids("train", {"new", "old"}, 1)[0] == ["old"]  # the oldest tag first

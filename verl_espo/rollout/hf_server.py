@@ -99,6 +99,7 @@ class HFRolloutServer:
         self._accepting = asyncio.Event()
         self._accepting.set()
         self._updated: set[int] = set()
+        self._served = False
         hf_options = dict((self.config.engine_kwargs or {}).get("hf", None) or {})
         self.log_weight_digest = bool(hf_options.get("log_weight_digest", False))
 
@@ -147,6 +148,10 @@ class HFRolloutServer:
         if image_data or video_data or audio_data:
             raise NotImplementedError("the hf rollout backend is text-only")
         await self._accepting.wait()
+        if not self._served:  # which weights the replica's first rollout uses (None: the ones it launched with)
+            self._served = True
+            step = self.global_steps
+            logger.info("hf rollout: replica %d first request, weights of step %s", self.replica_rank, step)
         prompt_ids = [int(t) for t in prompt_ids]
         request = _Request(
             prompt_ids=prompt_ids,

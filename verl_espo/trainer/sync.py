@@ -49,7 +49,7 @@ from verl_espo.core.entropy import batch_entropy_threshold
 from verl_espo.loss_inputs import StepStatistic, loss_spec, step_statistics, step_threshold_ratio
 from verl_espo.trainer.checks import check_trainer_config, expert_data_config
 from verl_espo.trainer.expert_data import ExpertDemonstrations, expert_row
-from verl_espo.trainer.resume import kept_records, restore_records
+from verl_espo.trainer.resume import RestoreStepsOnDispatch, inflight_prompt_steps, kept_records, restore_records
 from verl_espo.trainer.step_checks import check_step
 from verl_espo.workers.actor_loss import (
     ENTROPY_THRESHOLD_KEY,
@@ -162,6 +162,19 @@ class PluginTrainerMixin:
     def on_train_begin(self) -> None:
         restore_records(self.logger, getattr(self, "_kept_metric_records", []))  # a resumed run's earlier steps
         super().on_train_begin()
+
+    def _reissue_inflight_prompts(self, partition_id: str = "train") -> int:
+        # Async modes, resuming: veRL re-issues the checkpoint's in-flight prompt groups tagged with the resumed step;
+        # tagged back with the step they were submitted in (before their dispatch), they are trained in the step the
+        # uninterrupted run would (verl_espo/trainer/resume.py).
+        if self.trainer_mode == "sync":
+            return super()._reissue_inflight_prompts(partition_id)
+        manager = self.agent_loop_manager
+        self.agent_loop_manager = RestoreStepsOnDispatch(manager, inflight_prompt_steps(partition_id), partition_id)
+        try:
+            return super()._reissue_inflight_prompts(partition_id)
+        finally:
+            self.agent_loop_manager = manager
 
     # ------------------------------------------------------------------ expert rows (hybrid training)
     def _balance_batch(self, batch: KVBatchMeta, metrics, logging_prefix="global_seqlen", keep_minibatch=False):
