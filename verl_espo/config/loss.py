@@ -1,9 +1,11 @@
 """Typed, validated hyperparameters of the plugin's policy losses.
 
 ``actor_rollout_ref.actor.policy_loss._target_`` points at :class:`PluginPolicyLossConfig` (veRL's
-``PolicyLossConfig`` plus one optional block per algorithm: ``espo``, ``egspo``, ``hybrid``); Hydra
+``PolicyLossConfig`` plus one field per settings block that a loss's ``LossSpec.config_blocks`` names); Hydra
 instantiates it wherever veRL turns the actor config into a dataclass: in the driver's ``validate_config``
-(so bad values fail before Ray starts) and in every actor worker.
+(so bad values fail before Ray starts) and in every actor worker. The blocks are written in YAML without a
+``_target_``: :class:`PluginPolicyLossConfig` builds each one from its mapping, so an unknown key fails with the
+block's dotted key and its valid keys.
 """
 
 from __future__ import annotations
@@ -222,7 +224,7 @@ class HybridConfig(BaseConfig):
 
 
 def _coerce(value: Any, cls: type[BaseConfig], key: str) -> BaseConfig:
-    """Turn a plain mapping (a block written without ``_target_``) into ``cls``, rejecting unknown keys."""
+    """Turn a block's mapping into ``cls``, rejecting unknown keys (a ``_target_`` in it is ignored)."""
     if isinstance(value, cls):
         return value
     if not isinstance(value, Mapping):
@@ -236,7 +238,8 @@ def _coerce(value: Any, cls: type[BaseConfig], key: str) -> BaseConfig:
 
 @dataclass
 class PluginPolicyLossConfig(PolicyLossConfig):
-    """veRL's :class:`PolicyLossConfig` plus the plugin's per-algorithm blocks (``espo``, ``egspo``, ``hybrid``).
+    """veRL's :class:`PolicyLossConfig` plus the plugin's settings blocks, one field each (the field's name is the
+    block's key under ``policy_loss``).
 
     ``policy_loss.loss_mode`` selects the loss (``espo``, ``egspo``, ``chord`` or any veRL loss); each loss
     reads the blocks its :class:`~verl_espo.loss_inputs.LossSpec` names (``config_blocks``) and ignores the others.
