@@ -1,10 +1,12 @@
 """One list of keys per config block: the dataclass fields, the shipped YAML and the docs' key tables agree.
 
-For every typed block of the plugin (``policy_loss.espo``, ``policy_loss.egspo``, ``policy_loss.hybrid``,
-``data.expert``) the dataclass is the definition; the ``*_algo.yaml`` that ships the block must list every field
-with the dataclass default, the docs' key table must list every field with that default, and no YAML under
-``verl_espo/config/`` or ``recipes/`` may set a key the dataclass does not have. Adding, renaming or re-defaulting
-a key in one place only fails here, naming the place and the key.
+The blocks are derived from the declared losses: every ``config_blocks`` entry of a loss's ``LossSpec`` is a field
+of :class:`PluginPolicyLossConfig` whose dataclass is the definition; the one YAML under ``verl_espo/config/`` that
+sets the block must list every field with the dataclass default, and ``docs/<loss>.md`` of every loss that reads
+the block must hold a key table (the first table after the line naming `` `<dotted block key>` ``) listing every
+field with that default. No YAML under ``verl_espo/config/`` or ``recipes/`` may set a key the dataclass does not
+have. Adding, renaming or re-defaulting a key in one place only fails here, naming the place and the key; a new
+loss's block is checked with no edit here.
 """
 
 from __future__ import annotations
@@ -16,22 +18,71 @@ from typing import Any
 
 import pytest
 import yaml
+from verl.workers.config import PolicyLossConfig
 
-from verl_espo.config import EGSPOConfig, ESPOConfig, HybridConfig, PluginPolicyLossConfig
+from verl_espo.config import PluginPolicyLossConfig
+from verl_espo.loss_inputs import loss_specs
 from verl_espo.trainer.expert_data import ExpertDataConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = ROOT / "verl_espo" / "config"
 POLICY_LOSS = "actor_rollout_ref.actor.policy_loss"
 
-#: (dataclass, dotted key of its block, the YAML that ships it, the doc, the line that opens its key table)
-BLOCKS = [
-    (ESPOConfig, f"{POLICY_LOSS}.espo", "espo_algo.yaml", "docs/espo.md", "## Configuration keys"),
-    (EGSPOConfig, f"{POLICY_LOSS}.egspo", "egspo_algo.yaml", "docs/egspo.md", f"`{POLICY_LOSS}.egspo`"),
-    (HybridConfig, f"{POLICY_LOSS}.hybrid", "egspo_algo.yaml", "docs/egspo.md", f"`{POLICY_LOSS}.hybrid`"),
-    (ExpertDataConfig, "data.expert", "egspo_algo.yaml", "docs/egspo.md", "| `data.expert` key |"),
-]
-IDS = [block[1] for block in BLOCKS]
+#: Losses documented in another loss's doc (CHORD shares EGSPO's hybrid block and its doc).
+SHARED_DOCS = {"chord": "docs/egspo.md"}
+#: Blocks outside ``policy_loss``: (dataclass, dotted key, the YAML that ships it, the doc, its key table's opener).
+OTHER_BLOCKS = [(ExpertDataConfig, "data.expert", "egspo_algo.yaml", "docs/egspo.md", "| `data.expert` key |")]
+
+
+def select(tree: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        if not isinstance(tree, dict) or part not in tree:
+            return None
+        tree = tree[part]
+    return tree
+
+
+def block_classes() -> dict[str, type]:
+    """The settings blocks :class:`PluginPolicyLossConfig` adds to veRL's ``PolicyLossConfig``: name -> dataclass."""
+    verls = {f.name for f in dataclasses.fields(PolicyLossConfig)}
+    return {
+        f.name: f.default_factory
+        for f in dataclasses.fields(PluginPolicyLossConfig)
+        if f.name not in verls and isinstance(f.default_factory, type) and dataclasses.is_dataclass(f.default_factory)
+    }
+
+
+def shipping_yaml(key: str) -> str:
+    """The one YAML under ``verl_espo/config/`` that sets the block ``key`` (its file name)."""
+    setters = [p.name for p in sorted(CONFIG_DIR.glob("*.yaml")) if select(yaml.safe_load(p.read_text()), key)]
+    assert len(setters) == 1, f"{key}: set by {setters or 'no YAML'} under verl_espo/config/, expected exactly one"
+    return setters[0]
+
+
+def policy_loss_blocks() -> list[tuple[type, str, str, str, str]]:
+    """``(dataclass, dotted key, shipping YAML, doc, opener)`` for every block a declared loss reads, once per doc."""
+    classes = block_classes()
+    docs: dict[str, set[str]] = {}
+    for spec in loss_specs().values():
+        for block in spec.config_blocks:
+            assert block in classes, f"loss {spec.name!r} reads block {block!r}, not a PluginPolicyLossConfig block"
+            docs.setdefault(block, set()).add(SHARED_DOCS.get(spec.name, f"docs/{spec.name}.md"))
+    rows = []
+    for block in sorted(docs):
+        key = f"{POLICY_LOSS}.{block}"
+        rows += [(classes[block], key, shipping_yaml(key), doc, f"`{key}`") for doc in sorted(docs[block])]
+    return rows
+
+
+BLOCKS = [*policy_loss_blocks(), *OTHER_BLOCKS]
+IDS = [f"{block[1]}-{block[3]}" for block in BLOCKS]
+
+
+def test_every_plugin_block_is_read_by_a_declared_loss():
+    """A block no loss declares would escape the checks below."""
+    checked = {key for _, key, *_ in BLOCKS}
+    unread = sorted(f"{POLICY_LOSS}.{b}" for b in block_classes() if f"{POLICY_LOSS}.{b}" not in checked)
+    assert not unread, f"PluginPolicyLossConfig blocks no LossSpec.config_blocks names: {unread}"
 
 
 def config_fields(cls: type) -> dict[str, Any]:
@@ -42,14 +93,6 @@ def config_fields(cls: type) -> dict[str, Any]:
             continue
         out[f.name] = f.default if f.default is not dataclasses.MISSING else f.default_factory()
     return out
-
-
-def select(tree: Any, dotted: str) -> Any:
-    for part in dotted.split("."):
-        if not isinstance(tree, dict) or part not in tree:
-            return None
-        tree = tree[part]
-    return tree
 
 
 def doc_table(doc: str, opener: str) -> dict[str, Any]:
