@@ -1,9 +1,17 @@
-"""The GRPO and GSPO smoke configs: veRL's own losses on veRL's own trainer, checked by composition (the trainer
-path they share with ESPO runs end to end in ``test_e2e_learning.py`` and ``test_e2e_vllm.py``)."""
+"""The smoke runner's algorithms, one per PPO smoke config; the GRPO and GSPO smoke configs: veRL's own losses on
+veRL's own trainer, checked by composition (the trainer path they share with ESPO runs end to end in
+``test_e2e_learning.py`` and ``test_e2e_vllm.py``)."""
 
 from __future__ import annotations
 
 import pytest
+
+
+def test_smoke_algorithms_are_the_ppo_smoke_configs():
+    """``verl_espo.smoke`` offers every ``<algo>_smoke.yaml`` on veRL's PPO trainer, not the SFT stage's config."""
+    from verl_espo.smoke import ALGOS
+
+    assert ALGOS == ("chord", "egspo", "espo", "grpo", "gspo")
 
 
 @pytest.mark.parametrize("algo,loss_mode", [("grpo", "vanilla"), ("gspo", "gspo")])

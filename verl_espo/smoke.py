@@ -1,4 +1,5 @@
-"""End-to-end smoke runs of veRL's real PPO trainer on CPU: ``python -m verl_espo.smoke espo|egspo|chord|grpo|gspo``.
+"""End-to-end smoke runs of veRL's real PPO trainer on CPU: ``python -m verl_espo.smoke <algo>``, one algorithm per
+``verl_espo/config/<algo>_smoke.yaml`` built on veRL's ``ppo_trainer`` (:data:`ALGOS`).
 
 It builds the tiny model (:func:`verl_espo.toy.assets.build_assets`) and a small arithmetic data set into
 a work directory (plus the toy task's expert demonstrations for ``egspo`` and ``chord``, mixed into every
@@ -27,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+import yaml
+
 from verl_espo import runner
 from verl_espo.runner import fmt_value, merged_steps, tail
 from verl_espo.toy.assets import build_assets
@@ -41,7 +44,18 @@ __all__ = [
     "main",
 ]
 
-ALGOS = ("espo", "egspo", "chord", "grpo", "gspo")
+def _smoke_algos() -> tuple[str, ...]:
+    """The ``<algo>`` of every ``<algo>_smoke.yaml`` in ``verl_espo.config`` that lists veRL's ``ppo_trainer`` in its
+    defaults (the SFT stage's ``egspo_sft_smoke`` is built on ``sft_trainer_engine``), alphabetically."""
+    algos = []
+    for path in (Path(__file__).parent / "config").glob("*_smoke.yaml"):
+        if "ppo_trainer" in (yaml.safe_load(path.read_text()) or {}).get("defaults", ()):
+            algos.append(path.name.removesuffix("_smoke.yaml"))
+    return tuple(sorted(algos))
+
+
+#: The algorithms with a CPU smoke config.
+ALGOS = _smoke_algos()
 
 
 def _trains_on_expert_rows(algo: str) -> bool:
