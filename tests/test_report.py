@@ -196,7 +196,19 @@ def test_only_missing_figures_are_skipped(runs_root, tmp_path):
         "train_reward", "entropy", "response_length", "clip_fraction", "step_time", "val_aime24",
         "val_HuggingFaceH4_MATH-500",
     }  # fmt: skip
-    assert any(n.startswith("`espo_eps.png` not drawn: no run logged actor/espo/high/eps_mean") for n in report.notes)
+    assert not [n for n in report.notes if "not drawn" in n]  # the plots of losses grpo did not run are not noted
+
+
+def test_a_loss_run_without_its_metrics_notes_the_loss_figures(runs_root, tmp_path):
+    """A run whose config names a loss but which logged none of the loss's metrics: that loss's figures are noted,
+    no other loss's."""
+    from verl_espo.report import write_report
+
+    basic = ["critic/score/mean", "actor/entropy", "response_length/mean", "actor/pg_clipfrac"]
+    _write_run(tmp_path / "runs", "espo", 0, basic, _config("espo", 1e-6), "config.yaml")
+    notes = write_report(load_runs([tmp_path / "runs" / "espo"]), tmp_path / "out").notes
+    assert any(n.startswith("`espo_eps.png` not drawn: no run logged actor/espo/high/eps_mean") for n in notes)
+    assert {n.split("`")[1] for n in notes if "not drawn" in n} == {"espo_clip_fraction.png", "espo_eps.png"}
 
 
 def test_settings_and_time(report_dir, runs_root):

@@ -9,9 +9,12 @@ is not listed: its figures follow the benchmarks found in the runs (``val_<data_
 # ruff: noqa: E501  (COMMON_PLOTS is an aligned table, one metric per line, read across)
 from __future__ import annotations
 
+from collections.abc import Collection, Sequence
+from typing import Any, Optional
+
 from verl_espo.loss_inputs import LossPlot as PlotRow
 
-__all__ = ["COMMON_PLOTS", "PlotRow", "plot_rows", "figure_files"]
+__all__ = ["COMMON_PLOTS", "PlotRow", "plot_rows", "figure_files", "losses_run"]
 
 
 # fmt: off
@@ -26,12 +29,33 @@ STEP_TIME = PlotRow("step_time", "Time per training step", "time (s)", "timing_s
 # fmt: on
 
 
-def plot_rows() -> tuple[PlotRow, ...]:
-    """The curves to draw: :data:`COMMON_PLOTS`, each declared loss's (its spec's ``plots``), the step time."""
+def plot_rows(losses: Optional[Collection[str]] = None) -> tuple[PlotRow, ...]:
+    """The curves to draw: :data:`COMMON_PLOTS`, the plots of each declared loss (its spec's ``plots``; only the
+    losses named in ``losses`` when given), the step time."""
     from verl_espo.loss_inputs import loss_specs
 
-    losses = dict.fromkeys(row for spec in loss_specs().values() for row in spec.plots)
-    return (*COMMON_PLOTS, *losses, STEP_TIME)
+    specs = [spec for name, spec in loss_specs().items() if losses is None or name in losses]
+    rows = dict.fromkeys(row for spec in specs for row in spec.plots)
+    return (*COMMON_PLOTS, *rows, STEP_TIME)
+
+
+def losses_run(runs: Sequence[Any]) -> set[str]:
+    """The declared losses the runs ran: each run's ``policy_loss.loss_mode`` (from its Hydra config), and every loss
+    whose metrics (its spec's ``metric_prefix``) a run logged, which covers runs read without a config."""
+    from verl_espo.loss_inputs import loss_specs
+
+    ran = set()
+    for run in runs:
+        mode = run.config
+        for part in ("actor_rollout_ref", "actor", "policy_loss", "loss_mode"):
+            mode = mode.get(part) if isinstance(mode, dict) else None
+        keys = run.keys()
+        ran |= {
+            name
+            for name, spec in loss_specs().items()
+            if name == mode or any(key.startswith(spec.metric_prefix) for key in keys)
+        }
+    return ran
 
 
 def figure_files() -> list[str]:

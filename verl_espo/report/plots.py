@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
-from verl_espo.report.figures import PlotRow, plot_rows
+from verl_espo.report.figures import PlotRow, losses_run, plot_rows
 from verl_espo.report.runs import Run
 from verl_espo.report.smoothing import SmoothingConfig, smooth
 from verl_espo.report.validation import Benchmark
@@ -90,13 +90,14 @@ def plot_training_curves(
     runs: Sequence[Run], out_dir: str | Path, smoothing: SmoothingConfig = SmoothingConfig()
 ) -> PlotResult:
     """One PNG per ``file`` of :func:`~verl_espo.report.figures.plot_rows` that any run logged; skipped figures
-    and absent runs become notes."""
+    and absent runs become notes. Only the plots of the losses the runs ran
+    (:func:`~verl_espo.report.figures.losses_run`) are considered: a figure of a loss no run used is not noted."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     colors = run_colors(runs)
     result = PlotResult()
     by_file: dict[str, list[PlotRow]] = {}
-    for row in plot_rows():
+    for row in plot_rows(losses_run(runs)):
         by_file.setdefault(row.file, []).append(row)
 
     for file, rows in by_file.items():
