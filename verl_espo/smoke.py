@@ -44,6 +44,7 @@ __all__ = [
     "main",
 ]
 
+
 def _smoke_algos() -> tuple[str, ...]:
     """The ``<algo>`` of every ``<algo>_smoke.yaml`` in ``verl_espo.config`` that lists veRL's ``ppo_trainer`` in its
     defaults (the SFT stage's ``egspo_sft_smoke`` is built on ``sft_trainer_engine``), alphabetically."""
