@@ -1,6 +1,6 @@
 """End-to-end: veRL's real PPO trainer with EGSPO and CHORD on CPU, through veRL's own vLLM rollout.
 
-``python -m verl_espo.vllm_cpu.smoke egspo|chord`` (veRL's ``main_ppo`` with ``+smoke_rollout=vllm`` and the
+``python -m verl_espo.smoke egspo|chord +smoke_rollout=vllm`` (veRL's ``main_ppo`` and the
 head-size-32 toy model): Ray, TransferQueue, the FSDP2 actor, veRL's ``vLLMHttpServer`` with vLLM's CPU engine and
 the weight sync after every update, reward, the ``plugin_sync`` trainer mixing the toy task's expert
 demonstrations into every step, the ``hybrid_grpo`` advantage and the hybrid loss. One short EGSPO run and one
@@ -53,10 +53,10 @@ def _train_steps(result) -> list[dict]:
 
 
 def _run_on_vllm(algo: str, steps: int, out: Path):
-    from verl_espo.vllm_cpu.smoke import run_vllm_smoke
+    from verl_espo.smoke import VLLM_ROLLOUT, run_smoke
 
     overrides = ["trainer.val_before_train=false", "trainer.test_freq=-1"]  # validation is not the subject here
-    result = run_vllm_smoke(algo, steps, out, overrides=overrides, echo=False, timeout_s=900)
+    result = run_smoke(algo, steps, out, overrides=[VLLM_ROLLOUT, *overrides], echo=False, timeout_s=900)
     log = Path(result.out_dir, "train.log").read_text(errors="replace")
     assert result.ok, log[-5000:]
     assert "vLLMHttpServer" in log, "the run did not start veRL's vLLM server"

@@ -1,6 +1,6 @@
 """End-to-end: the plugin's trainers with veRL's own vLLM rollout on CPU (vLLM's CPU build), the path GPU runs take.
 
-Three short runs of ``python -m verl_espo.vllm_cpu.smoke espo`` (veRL's ``main_ppo`` with ``+smoke_rollout=vllm``
+Three short runs of ``python -m verl_espo.smoke espo +smoke_rollout=vllm`` (veRL's ``main_ppo``
 and the head-size-32 toy model; Ray, TransferQueue, the FSDP2 actor, veRL's ``vLLMHttpServer``, reward, GRPO
 advantages, the ESPO loss), the first here, the async ones in ``test_e2e_vllm_async.py``:
 
@@ -62,9 +62,9 @@ NO_VALIDATION = ["trainer.val_before_train=false", "trainer.test_freq=-1"]
 
 
 def _run(out: Path, overrides: list[str]):
-    from verl_espo.vllm_cpu.smoke import run_vllm_smoke
+    from verl_espo.smoke import VLLM_ROLLOUT, run_smoke
 
-    result = run_vllm_smoke("espo", STEPS, out, overrides=overrides, echo=False, timeout_s=900)
+    result = run_smoke("espo", STEPS, out, overrides=[VLLM_ROLLOUT, *overrides], echo=False, timeout_s=900)
     log = Path(result.out_dir, "train.log")
     assert result.ok, f"trainer exited with {result.returncode}:\n" + "\n".join(log.read_text().splitlines()[-60:])
     result.log = log.read_text(errors="replace")

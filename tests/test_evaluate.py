@@ -361,8 +361,8 @@ def test_cpu_evaluation_of_a_tiny_model(tmp_path, rollout):
     with veRL's vLLM rollout (the evaluation's default engine, here vLLM's CPU build) and with the ``hf`` rollout;
     the JSON and the table agree with the per-response dump, and with veRL's own logged means."""
     from verl_espo.evaluate import main
+    from verl_espo.smoke import VLLM_ROLLOUT as SWITCH
     from verl_espo.toy.assets import build_assets
-    from verl_espo.vllm_cpu.smoke import SWITCH
 
     model = build_assets(tmp_path / "model")
     problems = {"arith": sample_problems(6, 11), "arith_small": sample_problems(3, 12)}

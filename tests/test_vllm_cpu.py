@@ -249,8 +249,8 @@ def test_compare_passes_the_switch_to_every_run(tmp_path, monkeypatch):
     """`python -m verl_espo.compare --model-dir M +smoke_rollout=vllm`: the switch reaches each algorithm's run, all
     from the one model given with --model-dir."""
     import verl_espo.compare as compare_module
+    from verl_espo.smoke import VLLM_ROLLOUT as SWITCH
     from verl_espo.smoke import SmokeResult
-    from verl_espo.vllm_cpu.smoke import SWITCH
 
     calls = []
 
@@ -274,9 +274,9 @@ def test_every_compared_algorithm_composes_with_the_switch(algo, tmp_path):
     from verl.trainer.main_ppo import validate_config
     from verl.utils.config import omega_conf_to_dataclass
 
+    from verl_espo.smoke import VLLM_ROLLOUT as SWITCH
     from verl_espo.smoke import _command
     from verl_espo.trainer.checks import check_trainer_config
-    from verl_espo.vllm_cpu.smoke import SWITCH
 
     model = tmp_path / "model"
     extra = [f"data.expert.files=[{tmp_path / 'expert.parquet'}]"] if algo in ("egspo", "chord") else []

