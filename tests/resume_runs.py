@@ -93,6 +93,8 @@ def run(
                     marker.exists()
                     and marker.read_text().strip() == str(kill_after_checkpoint)
                     and kill_after_checkpoint in train_steps(out)
+                    # veRL may write the step's rollout dump after its metrics record
+                    and (out / "rollouts" / f"{kill_after_checkpoint}.jsonl").exists()
                 ):
                     kill_tree(proc)  # during step kill_after_checkpoint + 1
                     return -9
